@@ -1,0 +1,234 @@
+"""Allocation speed: `gvm-paper` and `gvm` against a Python loop of the published rule.
+
+Inputs per size m: a U-shaped batch (true p ~ Beta(0.3, 0.3)) seen through 8 pilot samples per
+prompt, as a trainer would post it: raw ratios k/8 (many exact zeros and ties) and the mean norm
+of accepted samples (0 when none). Budget 8 per prompt.
+
+Timed (best of several runs, all in one process on one machine; wall-clock, and the CPU time of
+this process, which is steadier when other jobs share the machine):
+- loop: benchmarks/published_rule.py, the published algorithm with a Python loop over prompts
+  for the weights (math.sqrt / math.pow), then its rounding (numpy); lists in, lists out. The
+  speed targets are checked against this one. For context, the same loop with the published
+  per-element np.sqrt / np.power calls is timed once per size (about 10x slower).
+- gvm-paper: allocate(Estimates.from_rates(p, G), N, strategy="gvm-paper"); must give the
+  loop's integers (asserted at every size).
+- gvm: allocate(estimates, N, params) with min_samples=1, max_samples=64, align_to=8 and the
+  explore floor, on the posterior estimates the service computes (expected costs): the exact
+  integer optimum under bounds and alignment. Estimation (estimate(), done once per request
+  before allocate) is timed separately. The `reasons` list is built on access and not timed.
+
+Run: python benchmarks/allocation_speed.py   (under a minute on 2 cores)
+Writes benchmarks/results/allocation_speed.json and allocation_speed.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+from _report import RESULTS, machine, write_json
+from published_rule import loop_allocation
+
+from budget_service.allocation import AllocationParams, allocate
+from budget_service.estimates import Estimates, PromptStatistics, RunTotals, estimate
+
+SIZES = (1_000, 10_000, 100_000, 1_000_000)
+PILOT, PER_PROMPT = 8, 8
+PAPER = AllocationParams(strategy="gvm-paper")
+GVM = AllocationParams(min_samples=1, max_samples=64, align_to=8, explore_samples=2)
+
+
+def ms(wall: float, cpu: float) -> str:
+    return f"{1e3 * wall:.1f} ({1e3 * cpu:.1f}) ms"
+
+
+def pilot_batch(m: int, seed: int) -> tuple[np.ndarray, np.ndarray, PromptStatistics, RunTotals]:
+    rng = np.random.default_rng(seed)
+    p = rng.beta(0.3, 0.3, m)
+    k = rng.binomial(PILOT, p).astype(np.float64)
+    g = rng.lognormal(0.0, 0.5, m)
+    norm_sum = g * k * rng.lognormal(0.0, 0.3 / np.sqrt(np.maximum(k, 1)), m)
+    stats = PromptStatistics(
+        samples=np.full(m, float(PILOT)),
+        accepted=k,
+        grad_norm_sum=norm_sum,
+        grad_norm_count=k.copy(),
+        last_step=np.zeros(m, np.int64),
+    )
+    totals = RunTotals(float(PILOT * m), float(k.sum()), float(norm_sum.sum()), float(k.sum()))
+    p_raw = k / PILOT
+    g_raw = np.divide(norm_sum, k, out=np.zeros(m), where=k > 0)
+    return p_raw, g_raw, stats, totals
+
+
+def timed(fn: Callable[[], Any], repeats: int) -> tuple[Any, list[float], list[float]]:
+    """Result, wall-clock seconds and CPU seconds of this process, per run."""
+    wall, cpu = [], []
+    result = None
+    for _ in range(repeats):
+        start, start_cpu = time.perf_counter(), time.process_time()
+        result = fn()
+        cpu.append(time.process_time() - start_cpu)
+        wall.append(time.perf_counter() - start)
+    return result, wall, cpu
+
+
+def measure(m: int, seed: int, repeats: int, loop_repeats: int) -> dict[str, Any]:
+    """Time the three paths (and estimation) on one batch of m prompts."""
+    p_raw, g_raw, stats, totals = pilot_batch(m, seed)
+    budget = PER_PROMPT * m
+    p_list, g_list = p_raw.tolist(), g_raw.tolist()
+    loop, *loop_t = timed(lambda: loop_allocation(p_list, g_list, budget), loop_repeats)
+    literal, *literal_t = timed(
+        lambda: loop_allocation(p_list, g_list, budget, numpy_scalars=True), 1
+    )
+    assert literal == loop
+    raw = Estimates.from_rates(p_raw, g_raw)
+    paper, *paper_t = timed(lambda: allocate(raw, budget, PAPER), repeats)
+    assert paper.samples.tolist() == loop, f"gvm-paper differs from the loop at m={m}"
+    est, *est_t = timed(lambda: estimate(stats, totals, 0, GVM), max(2, repeats // 2))
+    gvm_budget = budget + 5  # aligned down to a multiple of 8
+    plan, *gvm_t = timed(lambda: allocate(est, gvm_budget, GVM), repeats)
+    assert plan.total == gvm_budget // 8 * 8
+    assert plan.samples.min() >= 1
+    assert plan.samples.max() <= 64
+    runs = {
+        "loop": loop_t,
+        "loop_numpy_scalars": literal_t,
+        "gvm_paper": paper_t,
+        "gvm": gvm_t,
+        "estimate": est_t,
+    }
+    best = {key: min(wall) for key, (wall, _) in runs.items()}
+    best_cpu = {key: min(cpu) for key, (_, cpu) in runs.items()}
+    return {
+        "prompts": m,
+        "best_s": best,
+        "median_s": {key: statistics.median(wall) for key, (wall, _) in runs.items()},
+        "best_cpu_s": best_cpu,
+        "speedup_gvm_paper": best["loop"] / best["gvm_paper"],
+        "speedup_gvm": best["loop"] / best["gvm"],
+        "speedup_gvm_paper_cpu": best_cpu["loop"] / best_cpu["gvm_paper"],
+        "speedup_gvm_cpu": best_cpu["loop"] / best_cpu["gvm"],
+        "speedup_vs_published_calls": {
+            "gvm_paper": best["loop_numpy_scalars"] / best["gvm_paper"],
+            "gvm": best["loop_numpy_scalars"] / best["gvm"],
+        },
+        "identical_integers": True,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=11, help="runs per timing (best is kept)")
+    parser.add_argument("--loop-repeats", type=int, default=3)
+    args = parser.parse_args()
+    load_before = machine()["loadavg"]
+    rows = [measure(m, i, args.repeats, args.loop_repeats) for i, m in enumerate(SIZES)]
+    load_after = machine()["loadavg"]
+
+    print("best of runs: wall-clock (CPU time of this process in brackets)")
+    print(f"{'prompts':>9s} {'loop':>18s} {'gvm-paper':>18s} {'speedup':>13s}", end="")
+    print(f" {'gvm':>18s} {'speedup':>13s} {'estimate':>10s}")
+    for row in rows:
+        b, c = row["best_s"], row["best_cpu_s"]
+        print(
+            f"{row['prompts']:>9,d} {ms(b['loop'], c['loop']):>18s}"
+            f" {ms(b['gvm_paper'], c['gvm_paper']):>18s}"
+            f" {row['speedup_gvm_paper']:>5.1f}x ({row['speedup_gvm_paper_cpu']:>4.1f}x)"
+            f" {ms(b['gvm'], c['gvm']):>18s}"
+            f" {row['speedup_gvm']:>5.1f}x ({row['speedup_gvm_cpu']:>4.1f}x)"
+            f" {1e3 * b['estimate']:>8.1f}ms"
+        )
+    print("the loop with the published per-element numpy calls (one run each):")
+    for row in rows:
+        vs = row["speedup_vs_published_calls"]
+        print(
+            f"{row['prompts']:>9,d} {1e3 * row['best_s']['loop_numpy_scalars']:>10.1f} ms:"
+            f" gvm-paper {vs['gvm_paper']:.0f}x, gvm {vs['gvm']:.0f}x faster"
+        )
+    top = rows[-1]
+    targets = {}
+    for clock, suffix in (("wall", ""), ("cpu", "_cpu")):
+        best = top["best_s"] if clock == "wall" else top["best_cpu_s"]
+        targets[f"gvm_paper_speedup_1e6_{clock}"] = {
+            "value": top[f"speedup_gvm_paper{suffix}"],
+            "target": ">= 30",
+            "met": top[f"speedup_gvm_paper{suffix}"] >= 30,
+        }
+        targets[f"gvm_ms_1e6_{clock}"] = {
+            "value": 1e3 * best["gvm"],
+            "target": "< 100",
+            "met": best["gvm"] < 0.1,
+        }
+        targets[f"gvm_speedup_1e6_{clock}"] = {
+            "value": top[f"speedup_gvm{suffix}"],
+            "target": ">= 8",
+            "met": top[f"speedup_gvm{suffix}"] >= 8,
+        }
+    for key, t in targets.items():
+        verdict = "met" if t["met"] else "NOT met"
+        print(f"  {key:28s} {t['value']:8.1f}  target {t['target']:6s} {verdict}")
+    print(f"load average before {load_before}, after {load_after}")
+    write_json(
+        "allocation_speed",
+        {
+            "benchmark": "allocation_speed",
+            "timed": {
+                "loop": "benchmarks/published_rule.py loop_allocation(p_list, g_list, N)",
+                "loop_numpy_scalars": "the same with numpy_scalars=True (one run)",
+                "gvm_paper": "allocate(Estimates.from_rates(p, g), N, gvm-paper)",
+                "gvm": "allocate(estimates, N, min_samples=1, max_samples=64, align_to=8, "
+                "explore_samples=2) on posterior estimates",
+                "estimate": "estimate(stats, totals, step, params) for those estimates",
+            },
+            "repeats": {"loop": args.loop_repeats, "others": args.repeats},
+            "rows": rows,
+            "targets": targets,
+            "machine": {**machine(), "loadavg_before": load_before},
+        },
+    )
+    plot(rows)
+    print(f"wrote {RESULTS / 'allocation_speed.json'} and allocation_speed.png")
+
+
+def plot(rows: list[dict[str, Any]]) -> None:
+    fig, ax = plt.subplots(figsize=(7, 5))
+    sizes = [row["prompts"] for row in rows]
+    labels = {
+        "loop": "published rule, Python loop (math)",
+        "loop_numpy_scalars": "published rule, Python loop (np scalars, as published)",
+        "gvm_paper": "gvm-paper (vectorised, same integers)",
+        "gvm": "gvm (exact integer optimum, bounds + alignment)",
+        "estimate": "estimate() (posterior costs, once per request)",
+    }
+    for key, label in labels.items():
+        ax.plot(sizes, [row["best_s"][key] for row in rows], marker="o", label=label)
+    top = rows[-1]
+    ax.annotate(
+        f"gvm-paper {top['speedup_gvm_paper']:.0f}x, gvm {top['speedup_gvm']:.0f}x vs loop (math)",
+        (sizes[-1], top["best_s"]["gvm"]),
+        textcoords="offset points",
+        xytext=(-170, 25),
+    )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("prompts per allocation")
+    ax.set_ylabel("seconds (best of runs)")
+    ax.set_title("Allocation time")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "allocation_speed.png", dpi=120)
+
+
+if __name__ == "__main__":
+    main()

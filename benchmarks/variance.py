@@ -1,0 +1,567 @@
+"""How much gradient variance each allocation strategy leaves, on synthetic prompts.
+
+Setting (the issue's calibration): 256 prompts, N' = 8 pilot samples each, a budget of 8 samples
+per prompt, at least 1 each. True acceptance rates p_i come from four difficulty mixes; true
+gradient norms G_i ~ lognormal(0, 0.5) (prompt-to-prompt spread); one sample's norm is G_i times
+lognormal noise (log-sd 0.3). As in RAFT and the published code, norms are reported for accepted
+samples only, so a prompt with 0/8 tells nothing about its G.
+
+Each strategy sees only the pilot (through the same `estimate` / `allocate` calls the service
+makes) and is scored with the TRUE p and G on the paper's regularised objective
+J(n) = sum_i c_i / n_i, c_i = G_i^2 / (p_i + alpha p_i^(1-beta)) (prompts given 0 samples are left
+out of J and counted as "starved" instead: their term is not estimated at all). The oracle is
+the continuous optimum of J with the true p and G under the same bounds.
+
+Monte Carlo check: the realised variance of the Lemma-1 estimator
+sum_i 1/(n_i p_i) sum_{accepted j} g_ij, for gradients g = mu_i + noise whose second moment is
+G_i^2 / (1 + alpha / p_i^beta), |mu_i| = 0.3 of its root: its variance is
+sum_i (c_i - |mu_i|^2) / n_i, the objective the allocation targets up to the mean term. Starved
+prompts add no variance: their term is missing from the estimate altogether (bias).
+
+GRPO: the RLOO (leave-one-out baseline) estimator of each prompt's policy gradient
+E[r s] = p (1 - p) delta_i, scores s with mean (1 - p) delta_i if correct, -p delta_i if wrong,
+|delta_i| = 0.5 G_i, E|s|^2 = G_i^2 (norms from every pilot sample: GRPO trains on all). Its mean
+squared error is computed exactly (a sum over the binomial count of correct samples) and
+checked by an explicit Monte Carlo on one batch.
+
+Run: python benchmarks/variance.py [--trials 200]   (about 2 minutes on 2 cores)
+Writes benchmarks/results/variance.json and variance.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+from _report import RESULTS, machine, write_json
+from numpy.typing import NDArray
+
+from budget_service.allocation import (
+    AllocationParams,
+    allocate,
+    continuous_allocation,
+    objective,
+    regularised_cost,
+)
+from budget_service.estimates import (
+    Estimates,
+    PromptStatistics,
+    RunTotals,
+    estimate,
+    posterior_expected_cost,
+    posterior_mean,
+)
+
+F64 = NDArray[np.float64]
+I64 = NDArray[np.int64]
+
+M, PILOT, PER_PROMPT = 256, 8, 8
+BUDGET = M * PER_PROMPT
+ALPHA, BETA = 1e-3, 2.0
+G_SPREAD, NORM_NOISE = 0.5, 0.3
+MEAN_SHARE = 0.3  # RAFT model: |mu_i| / sqrt(E|g|^2)
+DELTA_SHARE = 0.5  # GRPO model: |delta_i| / G_i
+DIM = 4
+MC_TRIALS, MC_REPS = 20, 400
+
+MIXES = {  # Beta(a, b) of the true acceptance rates
+    "uniform": (1.0, 1.0),
+    "u-shaped": (0.3, 0.3),
+    "easy": (4.0, 1.5),
+    "hard": (1.5, 4.0),
+}
+
+
+@dataclass
+class Batch:
+    p: F64
+    g: F64
+    stats: PromptStatistics  # norms of accepted samples (RAFT, the published code)
+    totals: RunTotals
+    stats_all: PromptStatistics  # norms of every pilot sample (GRPO trains on all of them)
+    totals_all: RunTotals
+
+
+def draw_batch(rng: np.random.Generator, mix: tuple[float, float]) -> Batch:
+    """True p and G, and the pilot statistics a trainer would post."""
+    p = rng.beta(*mix, M)
+    g = rng.lognormal(0.0, G_SPREAD, M)
+    correct = rng.random((M, PILOT)) < p[:, None]
+    k = correct.sum(axis=1).astype(np.float64)
+    norms = g[:, None] * rng.lognormal(-(NORM_NOISE**2) / 2, NORM_NOISE, (M, PILOT))
+
+    def post(reported: NDArray[np.bool_]) -> tuple[PromptStatistics, RunTotals]:
+        norm_sum = (norms * reported).sum(axis=1)
+        norm_count = reported.sum(axis=1).astype(np.float64)
+        stats = PromptStatistics(
+            samples=np.full(M, float(PILOT)),
+            accepted=k,
+            grad_norm_sum=norm_sum,
+            grad_norm_count=norm_count,
+            last_step=np.zeros(M, np.int64),
+        )
+        totals = RunTotals(
+            samples=float(M * PILOT),
+            accepted=float(k.sum()),
+            grad_norm_sum=float(norm_sum.sum()),
+            grad_norm_count=float(norm_count.sum()),
+        )
+        return stats, totals
+
+    stats, totals = post(correct)
+    stats_all, totals_all = post(np.ones_like(correct))
+    return Batch(p, g, stats, totals, stats_all, totals_all)
+
+
+def run(batch: Batch, params: AllocationParams, *, all_norms: bool = False) -> I64:
+    """What the service does: estimates from the statistics, then the allocation."""
+    stats, totals = (
+        (batch.stats_all, batch.totals_all) if all_norms else (batch.stats, batch.totals)
+    )
+    est = estimate(stats, totals, 0, params)
+    return allocate(est, BUDGET, params).samples
+
+
+# --- RAFT: the strategies -------------------------------------------------------------------------
+
+DEFAULT = AllocationParams()
+
+
+def plug_in_posterior_mean(batch: Batch) -> I64:
+    """Ablation: the same posterior, but its mean plugged into c (no expectation)."""
+    est = estimate(batch.stats, batch.totals, 0, DEFAULT)
+    return allocate(
+        Estimates.from_rates(est.p_hat, est.g_hat, est.explore), BUDGET, DEFAULT
+    ).samples
+
+
+def bayes_bound(mix: tuple[float, float], *, true_g: bool) -> Callable[[Batch], I64]:
+    """Information floor: posterior expected costs under the TRUE population prior (unknown to
+    any real allocator), with G as estimated - or the true G."""
+
+    def allocate_bayes(batch: Batch) -> I64:
+        est = estimate(batch.stats, batch.totals, 0, DEFAULT)
+        k = batch.stats.accepted
+        h = posterior_expected_cost(mix[0] + k, mix[1] + PILOT - k, ALPHA, BETA)
+        g2 = np.square(batch.g if true_g else est.g_hat)
+        costs = Estimates(est.p_hat, est.g_hat, h * g2, est.explore, est.cost_key)
+        return allocate(costs, BUDGET, DEFAULT).samples
+
+    return allocate_bayes
+
+
+def strategies(mix: tuple[float, float]) -> dict[str, Callable[[Batch], I64]]:
+    return {
+        "uniform": lambda b: run(b, AllocationParams(strategy="uniform")),
+        "gvm-paper": lambda b: run(b, AllocationParams(strategy="gvm-paper")),
+        "gvm": lambda b: run(b, DEFAULT),
+        "gvm, fixed prior (strength 2)": lambda b: run(b, AllocationParams(fit_prior=False)),
+        "gvm, raw ratios (prior_strength 0)": lambda b: run(b, AllocationParams(prior_strength=0)),
+        "gvm, norms of every pilot sample": lambda b: run(b, DEFAULT, all_norms=True),
+        "ablation: posterior mean plugged in": plug_in_posterior_mean,
+        "bound: Bayes with the true prior": bayes_bound(mix, true_g=False),
+        "bound: Bayes with the true prior and G": bayes_bound(mix, true_g=True),
+    }
+
+
+def raft_variance_exact(n: I64, p: F64, c: F64) -> float:
+    """E|estimate - E estimate|^2 of the Lemma-1 estimator in our gradient model: served
+    prompts only (a starved prompt's term is not estimated at all: bias, not variance)."""
+    mu2 = MEAN_SHARE**2 * c * p  # |mu_i|^2 = share^2 E|g|^2, E|g|^2 = c p
+    served = n > 0
+    return float(np.sum((c[served] - mu2[served]) / n[served]))
+
+
+def raft_variance_monte_carlo(rng: np.random.Generator, n: I64, p: F64, c: F64) -> float:
+    """The same, by simulation: accepted counts, then the sum of that many gradients."""
+    second = c * p  # E|g|^2
+    mu = rng.normal(size=(M, DIM))
+    mu *= (MEAN_SHARE * np.sqrt(second) / np.linalg.norm(mu, axis=1))[:, None]
+    sigma = np.sqrt(second * (1 - MEAN_SHARE**2) / DIM)
+    accepted = rng.binomial(np.broadcast_to(n, (MC_REPS, M)), p)
+    sums = accepted[..., None] * mu + np.sqrt(accepted)[..., None] * sigma[:, None] * rng.normal(
+        size=(MC_REPS, M, DIM)
+    )
+    served = n > 0
+    weight = np.where(served, 1.0 / (np.maximum(n, 1) * p), 0.0)
+    error = (weight[None, :, None] * sums - (mu * served[:, None])[None]).sum(axis=1)
+    return float(np.mean(np.sum(error**2, axis=1)))
+
+
+def raft_study(mix_name: str, trials: int, seed: int) -> dict[str, Any]:
+    mix = MIXES[mix_name]
+    rng = np.random.default_rng(seed)
+    rows = strategies(mix)
+    per: dict[str, dict[str, list[float]]] = {
+        name: {"to_uniform": [], "to_oracle": [], "starved": [], "var": [], "var_mc": []}
+        for name in [*rows, "oracle (continuous, true p and G)"]
+    }
+    integer_gap: list[float] = []
+    for trial in range(trials):
+        batch = draw_batch(rng, mix)
+        c = regularised_cost(batch.p, batch.g, ALPHA, BETA)
+        ones, top = np.ones(M), np.full(M, float(BUDGET))
+        oracle = continuous_allocation(c, float(BUDGET), ones, top)
+        j_oracle = objective(c, oracle)
+        allocations = {name: fn(batch) for name, fn in rows.items()}
+        j_uniform = objective(c, allocations["uniform"])
+        var_uniform = raft_variance_exact(allocations["uniform"], batch.p, c)
+        mc = trial < MC_TRIALS
+        mc_uniform = (
+            raft_variance_monte_carlo(rng, allocations["uniform"], batch.p, c) if mc else 0.0
+        )
+        for name, n in [*allocations.items(), ("oracle (continuous, true p and G)", oracle)]:
+            j = objective(c, n)
+            per[name]["to_uniform"].append(j / j_uniform)
+            per[name]["to_oracle"].append(j / j_oracle)
+            per[name]["starved"].append(float(np.sum((n == 0) & (batch.p > 0))))
+            if name.startswith("oracle"):
+                continue
+            per[name]["var"].append(raft_variance_exact(n, batch.p, c) / var_uniform)
+            if mc:
+                per[name]["var_mc"].append(
+                    raft_variance_monte_carlo(rng, n, batch.p, c) / mc_uniform
+                )
+        # gvm's integers against the continuous optimum of the same objective on its estimates
+        est = estimate(batch.stats, batch.totals, 0, DEFAULT)
+        assert est.expected_cost is not None
+        floor = np.where(est.explore_mask(), max(DEFAULT.explore_samples, 1), 1).astype(float)
+        relaxed = continuous_allocation(est.expected_cost, float(BUDGET), floor, top)
+        integer_gap.append(
+            objective(est.expected_cost, allocations["gvm"]) / objective(est.expected_cost, relaxed)
+            - 1.0
+        )
+    summary = {name: summarise(values) for name, values in per.items()}
+    return {
+        "mix": {"name": mix_name, "beta": list(mix)},
+        "strategies": summary,
+        "gvm_integer_gap": {"mean": float(np.mean(integer_gap)), "max": float(np.max(integer_gap))},
+    }
+
+
+def summarise(values: dict[str, list[float]]) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for key, xs in values.items():
+        if not xs:
+            out[key] = None
+            continue
+        arr = np.array(xs)
+        out[key] = float(arr.mean())
+        if key == "to_oracle":
+            out["to_oracle_p10"], out["to_oracle_p90"] = (
+                float(v) for v in np.percentile(arr, [10, 90])
+            )
+        if key == "var_mc":
+            out["var_mc_se"] = (
+                float(arr.std(ddof=1) / math.sqrt(arr.size)) if arr.size > 1 else None
+            )
+    return out
+
+
+def sweep(mix_name: str, trials: int, seed: int) -> dict[str, float]:
+    """Defaults: prior strength (fixed vs fitted), norm shrinkage, explore floor, min_samples;
+    J / oracle on the same batches."""
+    variants = {
+        "fitted prior (default)": DEFAULT,
+        **{
+            f"fixed prior, strength {s:g}": AllocationParams(fit_prior=False, prior_strength=s)
+            for s in (0.5, 1.0, 2.0, 4.0, 8.0)
+        },
+        **{
+            f"norm shrinkage, grad_prior_strength {s:g}": AllocationParams(grad_prior_strength=s)
+            for s in (0.0, 0.25, 1.0, 2.0)
+        },
+        **{f"explore_samples {e}": AllocationParams(explore_samples=e) for e in (0, 1, 4)},
+        **{
+            f"raw ratios, explore_samples {e}": AllocationParams(
+                prior_strength=0, explore_samples=e
+            )
+            for e in (0, 1, 2, 4, 8)
+        },
+        "min_samples 2": AllocationParams(min_samples=2),
+    }
+    rng = np.random.default_rng(seed)
+    scores: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(trials):
+        batch = draw_batch(rng, MIXES[mix_name])
+        c = regularised_cost(batch.p, batch.g, ALPHA, BETA)
+        j_oracle = objective(
+            c, continuous_allocation(c, float(BUDGET), np.ones(M), np.full(M, float(BUDGET)))
+        )
+        for name, params in variants.items():
+            scores[name].append(objective(c, run(batch, params)) / j_oracle)
+    return {name: float(np.mean(v)) for name, v in scores.items()}
+
+
+# --- GRPO -----------------------------------------------------------------------------------------
+
+
+def rloo_mse(n: I64, p: F64, g: F64) -> float:
+    """Exact E|RLOO - grad|^2 summed over prompts, grad_i = p (1 - p) delta_i.
+
+    With K correct out of n, RLOO = (1/(n-1)) sum_j (r_j - rbar) s_j has mean
+    K (n - K) / (n (n - 1)) delta and noise variance sigma^2 d K (n - K) / (n (n - 1)^2); n < 2
+    gives no estimate (its error is the whole gradient).
+    """
+    delta2 = (DELTA_SHARE * g) ** 2
+    noise2 = g**2 - p * (1 - p) * delta2  # sigma^2 d: E|s|^2 = G^2
+    truth = p * (1 - p)
+    out = truth**2 * delta2
+    for size in np.unique(n[n >= 2]):
+        idx = np.flatnonzero(n == size)
+        k = np.arange(size + 1)
+        comb = np.array([math.comb(int(size), int(j)) for j in k], dtype=np.float64)
+        pmf = comb * p[idx, None] ** k * (1 - p[idx, None]) ** (size - k)
+        y = k * (size - k) / (size * (size - 1))
+        var_y = (pmf * y**2).sum(axis=1) - truth[idx] ** 2
+        out[idx] = delta2[idx] * var_y + noise2[idx] * truth[idx] / (size - 1)
+    return float(out.sum())
+
+
+def rloo_mse_monte_carlo(rng: np.random.Generator, n: I64, p: F64, g: F64, reps: int) -> float:
+    """The same by explicit simulation: rewards, score vectors, the RLOO sum."""
+    delta = rng.normal(size=(M, DIM))
+    delta *= (DELTA_SHARE * g / np.linalg.norm(delta, axis=1))[:, None]
+    sigma = np.sqrt((g**2 - p * (1 - p) * (DELTA_SHARE * g) ** 2) / DIM)
+    truth = (p * (1 - p))[:, None] * delta
+    width = int(n.max())
+    used = np.arange(width)[None, :] < n[:, None]
+    total = 0.0
+    for _ in range(reps):
+        r = (rng.random((M, width)) < p[:, None]) & used
+        mean = np.where(r[..., None], (1 - p)[:, None, None], -p[:, None, None]) * delta[:, None]
+        s = mean + sigma[:, None, None] * rng.normal(size=(M, width, DIM))
+        rbar = r.sum(axis=1, keepdims=True) / np.maximum(n, 1)[:, None]
+        est = (((r - rbar) * used)[..., None] * s).sum(axis=1) / np.maximum(n - 1, 1)[:, None]
+        est[n < 2] = 0.0
+        total += float(np.sum((est - truth) ** 2))
+    return total / reps
+
+
+def grpo_study(mix_name: str, trials: int, seed: int) -> dict[str, Any]:
+    mix = MIXES[mix_name]
+    rng = np.random.default_rng(seed)
+    raft2 = AllocationParams(min_samples=2)
+    grpo = AllocationParams(algo="grpo")
+
+    def raft_times_mixed(batch: Batch) -> I64:
+        est = estimate(batch.stats_all, batch.totals_all, 0, raft2)
+        k = batch.stats.accepted
+        a = est.prior_mean * est.prior_strength + k
+        b = (1 - est.prior_mean) * est.prior_strength + PILOT - k
+        h = posterior_mean(
+            a,
+            b,
+            lambda q: (
+                regularised_cost(q, 1.0, ALPHA, BETA) * (1 - q**PER_PROMPT - (1 - q) ** PER_PROMPT)
+            ),
+        )
+        costs = Estimates(est.p_hat, est.g_hat, h * est.g_hat**2, est.explore, est.cost_key)
+        return allocate(costs, BUDGET, raft2).samples
+
+    rows: dict[str, Callable[[Batch], I64]] = {
+        "uniform": lambda b: run(b, AllocationParams(strategy="uniform", algo="grpo")),
+        "gvm, RAFT cost, min 2": lambda b: run(b, raft2, all_norms=True),
+        "gvm, RAFT cost x P(mixed group)": raft_times_mixed,
+        "gvm, algo=grpo (p(1-p) G^2)": lambda b: run(b, grpo, all_norms=True),
+        "bound: algo=grpo with true p and G": lambda b: (
+            allocate(Estimates.from_rates(b.p, b.g), BUDGET, grpo).samples
+        ),
+    }
+    ratios: dict[str, list[float]] = {name: [] for name in rows}
+    mc_check: dict[str, dict[str, float]] = {}
+    for trial in range(trials):
+        batch = draw_batch(rng, mix)
+        allocations = {name: fn(batch) for name, fn in rows.items()}
+        base = rloo_mse(allocations["uniform"], batch.p, batch.g)
+        for name, n in allocations.items():
+            ratios[name].append(rloo_mse(n, batch.p, batch.g) / base)
+        if trial == 0:  # the exact formula against an explicit simulation, on one batch
+            for name, n in allocations.items():
+                mc_check[name] = {
+                    "exact": rloo_mse(n, batch.p, batch.g),
+                    "monte_carlo": rloo_mse_monte_carlo(rng, n, batch.p, batch.g, reps=300),
+                }
+    return {
+        "mix": {"name": mix_name, "beta": list(mix)},
+        "mse_to_uniform": {name: float(np.mean(v)) for name, v in ratios.items()},
+        "exact_vs_monte_carlo_first_batch": mc_check,
+    }
+
+
+# --- report ---------------------------------------------------------------------------------------
+
+
+def plot(raft: dict[str, Any], grpo: dict[str, Any], path: str) -> None:
+    fig, (left, right) = plt.subplots(
+        1, 2, figsize=(15, 5.5), gridspec_kw={"width_ratios": [3, 1.3]}
+    )
+    names = [
+        "gvm-paper",
+        "gvm",
+        "gvm, norms of every pilot sample",
+        "ablation: posterior mean plugged in",
+        "bound: Bayes with the true prior",
+        "bound: Bayes with the true prior and G",
+        "oracle (continuous, true p and G)",
+    ]
+    mixes = list(raft)
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        values = [raft[mix]["strategies"][name]["to_uniform"] for mix in mixes]
+        xs = np.arange(len(mixes)) + (i - len(names) / 2 + 0.5) * width
+        label = (
+            "gvm-paper (J over served prompts; starved on the bar)" if name == "gvm-paper" else name
+        )
+        bars = left.bar(xs, values, width, label=label)
+        if name == "gvm-paper":
+            for x, mix, bar in zip(xs, mixes, bars, strict=True):
+                starved = raft[mix]["strategies"][name]["starved"]
+                left.text(
+                    x,
+                    bar.get_height(),
+                    f"{starved:.0f}\nstarved",
+                    ha="center",
+                    va="bottom",
+                    fontsize=6,
+                )
+    left.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
+    left.set_xticks(np.arange(len(mixes)), mixes)
+    left.set_ylabel("regularised objective J, true p and G (uniform = 1)")
+    left.set_title(f"RAFT: {M} prompts, {PILOT} pilot samples, {PER_PROMPT} per prompt")
+    left.legend(fontsize=7, loc="upper left")
+    gmixes = list(grpo)
+    gnames = list(next(iter(grpo.values()))["mse_to_uniform"])
+    gwidth = 0.8 / len(gnames)
+    for i, name in enumerate(gnames):
+        xs = np.arange(len(gmixes)) + (i - len(gnames) / 2 + 0.5) * gwidth
+        right.bar(xs, [grpo[mix]["mse_to_uniform"][name] for mix in gmixes], gwidth, label=name)
+    right.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
+    right.set_xticks(np.arange(len(gmixes)), gmixes)
+    right.set_ylabel("RLOO gradient MSE (uniform = 1)")
+    right.set_title("GRPO")
+    right.set_ylim(0, 1.45)
+    right.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--trials", type=int, default=200, help="batches per difficulty mix")
+    parser.add_argument("--sweep-trials", type=int, default=100)
+    parser.add_argument("--grpo-trials", type=int, default=60)
+    parser.add_argument("--seed", type=int, default=2025)
+    args = parser.parse_args()
+    started = time.perf_counter()
+    load_before = machine()["loadavg"]
+
+    raft = {name: raft_study(name, args.trials, args.seed + i) for i, name in enumerate(MIXES)}
+    sweeps = {
+        name: sweep(name, args.sweep_trials, args.seed + 10 + i)
+        for i, name in enumerate(("u-shaped", "uniform"))
+    }
+    grpo = {
+        name: grpo_study(name, args.grpo_trials, args.seed + 20 + i)
+        for i, name in enumerate(("u-shaped", "uniform"))
+    }
+
+    print(f"RAFT: J with the true p and G, mean over {args.trials} batches per mix")
+    header = f"{'strategy':42s}" + "".join(f"{mix:>22s}" for mix in raft)
+    print(header)
+    print(f"{'':42s}" + "".join(f"{'/unif /oracle starved':>22s}" for _ in raft))
+    for name in raft["u-shaped"]["strategies"]:
+        cells = []
+        for mix in raft:
+            s = raft[mix]["strategies"][name]
+            cells.append(f"{s['to_uniform']:6.3f} {s['to_oracle']:6.3f} {s['starved']:6.1f}")
+        print(f"{name:42s}" + "".join(f"{c:>22s}" for c in cells))
+    print(
+        f"\nMonte Carlo variance of the Lemma-1 estimator / uniform (first {MC_TRIALS} batches;"
+        " exact mean over all in brackets)"
+    )
+    for name in raft["u-shaped"]["strategies"]:
+        if name.startswith("oracle"):
+            continue
+        cells = []
+        for mix in raft:
+            row = raft[mix]["strategies"][name]
+            cells.append(f"{row['var_mc']:.3f} ({row['var']:.3f})")
+        print(f"{name:42s}" + "".join(f"{c:>22s}" for c in cells))
+    print("\ngvm integer objective vs the continuous optimum on the same estimates:")
+    for mix in raft:
+        gap = raft[mix]["gvm_integer_gap"]
+        print(f"  {mix:10s} mean {100 * gap['mean']:.3f}%  max {100 * gap['max']:.3f}%")
+    print("\nDefaults (J / oracle, mean):")
+    for name in sweeps["u-shaped"]:
+        u_shaped, flat = sweeps["u-shaped"][name], sweeps["uniform"][name]
+        print(f"  {name:44s} u-shaped {u_shaped:.3f}   uniform {flat:.3f}")
+    print("\nGRPO: RLOO gradient MSE / uniform")
+    for name in grpo["u-shaped"]["mse_to_uniform"]:
+        print(
+            f"  {name:40s}"
+            + "".join(f"{mix} {grpo[mix]['mse_to_uniform'][name]:.3f}   " for mix in grpo)
+        )
+
+    u = raft["u-shaped"]["strategies"]["gvm"]
+    targets = {
+        "gvm_to_uniform_u_shaped": {
+            "value": u["to_uniform"],
+            "target": 0.8,
+            "met": u["to_uniform"] <= 0.8,
+        },
+        "gvm_to_oracle_u_shaped": {
+            "value": u["to_oracle"],
+            "target": 1.15,
+            "met": u["to_oracle"] <= 1.15,
+        },
+        "gvm_integer_gap_u_shaped_max": {
+            "value": raft["u-shaped"]["gvm_integer_gap"]["max"],
+            "target": 0.02,
+            "met": raft["u-shaped"]["gvm_integer_gap"]["max"] <= 0.02,
+        },
+    }
+    print("\nTargets (u-shaped):")
+    for key, t in targets.items():
+        verdict = "met" if t["met"] else "NOT met"
+        print(f"  {key:32s} {t['value']:.4f}  target {t['target']}  {verdict}")
+    payload = {
+        "benchmark": "variance",
+        "setting": {
+            "prompts": M,
+            "pilot_samples": PILOT,
+            "budget_per_prompt": PER_PROMPT,
+            "min_samples": DEFAULT.min_samples,
+            "alpha": ALPHA,
+            "beta": BETA,
+            "g_log_sd": G_SPREAD,
+            "norm_noise_log_sd": NORM_NOISE,
+            "trials": args.trials,
+            "sweep_trials": args.sweep_trials,
+            "grpo_trials": args.grpo_trials,
+            "monte_carlo": {"batches": MC_TRIALS, "repetitions": MC_REPS},
+            "seed": args.seed,
+        },
+        "raft": raft,
+        "defaults_sweep_to_oracle": sweeps,
+        "grpo": grpo,
+        "targets": targets,
+        "machine": {**machine(), "loadavg_before": load_before},
+        "seconds": time.perf_counter() - started,
+    }
+    write_json("variance", payload)
+    plot(raft, grpo, str(RESULTS / "variance.png"))
+    print(f"\nwrote {RESULTS / 'variance.json'} and variance.png in {payload['seconds']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

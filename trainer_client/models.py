@@ -1,0 +1,188 @@
+"""The client's own models of the v1 wire format.
+
+Deliberately separate from the service's models: a trainer installs only ``httpx`` and
+``pydantic``. Answers ignore fields this client does not know (the service may add fields);
+requests carry only what the caller set. Tests against the live service keep the two in step.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = [
+    "Allocation",
+    "AllocationItem",
+    "Histogram",
+    "Observation",
+    "PromptStats",
+    "ReportResult",
+    "Run",
+    "RunConfig",
+    "RunSummary",
+    "Strategy",
+]
+
+Strategy = Literal["gvm", "gvm-paper", "uniform"]
+
+
+class _Answer(BaseModel):
+    """A model of something the service sends: unknown fields are ignored."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class RunConfig(BaseModel):
+    """How the service allocates for a run. Unset fields take the service's defaults.
+
+    Only the fields you set are sent (``PUT`` replaces the whole config, so unset fields go back
+    to their defaults; ``PATCH`` changes only the fields you set). A run read back from the
+    service has every field set. Fields this client does not know are kept and sent back.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    strategy: Strategy | None = None
+    alpha: float | None = None
+    beta: float | None = None
+    min_samples: int | None = None
+    max_samples: int | None = None
+    align_to: int | None = None
+    filter_threshold: float | None = None
+    filter_insufficient: float | None = None
+    prior_strength: float | None = None
+    half_life_steps: float | None = None
+    explore_samples: int | None = None
+    algo: Literal["raft", "grpo"] | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_unset=True)
+
+
+class Run(_Answer):
+    run_id: str
+    config: RunConfig
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+class Observation(BaseModel):
+    """What a trainer saw for one prompt: samples drawn, how many were accepted, and optionally
+    the gradient norms of the accepted ones (a list, or their sum and count).
+
+    Checked here with the service's rules, so a report that goes to the spool is one the service
+    will accept later.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prompt_id: str = Field(min_length=1)
+    samples: int = Field(ge=1)
+    accepted: int = Field(ge=0)
+    grad_norms: list[float] | None = None
+    grad_norm_sum: float | None = Field(default=None, ge=0)
+    grad_norm_count: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> Observation:
+        if self.accepted > self.samples:
+            raise ValueError(f"accepted ({self.accepted}) must be <= samples ({self.samples})")
+        if self.grad_norms is not None:
+            if self.grad_norm_sum is not None or self.grad_norm_count is not None:
+                raise ValueError("give grad_norms or grad_norm_sum/grad_norm_count, not both")
+            if len(self.grad_norms) > self.accepted:
+                raise ValueError("grad_norms has more entries than accepted samples")
+            if not all(math.isfinite(g) and g >= 0 for g in self.grad_norms):
+                raise ValueError("grad_norms must be finite and >= 0")
+        if (self.grad_norm_sum is None) != (self.grad_norm_count is None):
+            raise ValueError("grad_norm_sum and grad_norm_count go together")
+        if self.grad_norm_sum is not None and not math.isfinite(self.grad_norm_sum):
+            raise ValueError("grad_norm_sum must be finite")
+        if self.grad_norm_count is not None and self.grad_norm_count > self.accepted:
+            raise ValueError("grad_norm_count must be <= accepted")
+        if self.grad_norm_count == 0 and self.grad_norm_sum:
+            raise ValueError("grad_norm_count is 0 but grad_norm_sum is not")
+        return self
+
+    def to_wire(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+class ReportResult(_Answer):
+    """The answer to a report. ``spooled`` is set by the client when the service was unreachable
+    and the report went to the local spool (it will be sent again later)."""
+
+    report_id: str = ""
+    applied: int = 0
+    duplicate: bool = False
+    spooled: bool = False
+
+
+class AllocationItem(_Answer):
+    prompt_id: str
+    samples: int
+    p_hat: float | None = None
+    g_hat: float | None = None
+    weight: float | None = None
+    reason: str = ""
+
+
+class Allocation(_Answer):
+    """Samples per prompt, in the order of the request.
+
+    ``fallback`` is True when the service was unreachable and the client split the budget evenly
+    itself (then the estimates and variances are None).
+    """
+
+    run_id: str
+    step: int
+    strategy: str
+    budget: int
+    total: int
+    items: list[AllocationItem]
+    predicted_variance: float | None = None
+    uniform_variance: float | None = None
+    fallback: bool = False
+
+    @property
+    def counts(self) -> list[int]:
+        """``items[i].samples`` for each prompt, in request order."""
+        return [item.samples for item in self.items]
+
+
+class PromptStats(_Answer):
+    """One prompt's statistics as stored (after decay) and the service's current estimates."""
+
+    prompt_id: str
+    samples: float
+    accepted: float
+    grad_norm_sum: float
+    grad_norm_count: float
+    last_step: int
+    step: int | None = None  # the step the estimates refer to
+    p_hat: float
+    g_hat: float
+
+
+class Histogram(_Answer):
+    edges: list[float]  # len(counts) + 1 bin edges
+    counts: list[int]
+
+
+class RunSummary(_Answer):
+    """Counts and pooled rates of a run (decayed totals) and how its prompts' p_hat spread."""
+
+    run_id: str
+    prompts: int
+    reports: int = 0
+    samples: float
+    accepted: float
+    grad_norm_sum: float = 0.0
+    grad_norm_count: float = 0.0
+    last_step: int = 0
+    pooled_p: float | None = None
+    pooled_g: float | None = None
+    p_hat_histogram: Histogram | None = None

@@ -1,0 +1,632 @@
+"""The training loop: RAFT++ or GRPO, with per-prompt sample counts from the GVM Budget service.
+
+    gvm-train --service-url http://127.0.0.1:8000 --allocation gvm --algo raft --steps 20
+    gvm-train --config run.toml --resume
+
+Reads top to bottom: set-up, then one loop whose phases are
+
+    prompts -> (paper: pilot samples, report) -> allocation -> generate -> score
+            -> gradient norms of accepted samples -> report -> update -> log/eval/checkpoint
+
+Modes. ``online``: the statistics of the samples a step trains on are reported after it and feed
+the next step's allocation (no extra sampling). ``paper`` (the paper's Algorithm 2): each step
+first draws ``pilot_samples`` per prompt and reports them, then asks for the allocation of the
+rest of the budget. Pilot samples count as generated samples in every metric and, as in the
+paper's trainer, they are trained on too: a prompt's group is its pilot and main samples.
+
+Outputs in ``out_dir``: ``metrics.jsonl`` (one line per step), ``summary.json``, ``checkpoint/``
+(a Hugging Face model folder plus ``trainer_state.pt``: optimizer, step, counters, RNG, config),
+and ``reports.spool.jsonl`` (reports waiting for an unreachable service; replayed on resume).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import random
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from trainer_client import BudgetClient, NotFoundError, Observation, RunConfig, UnavailableError
+from trainer_client.trainer.checkpoints import resolve_model
+from trainer_client.trainer.config import TrainConfig, format_overrides, parse_args
+from trainer_client.trainer.generation import Completion, Generator, HFGenerator, SamplingConfig
+from trainer_client.trainer.grad_norms import grad_norms
+from trainer_client.trainer.losses import Batch, collate, grpo_loss, raft_loss, sequence_logprobs
+from trainer_client.trainer.rewards import score
+from trainer_client.trainer.tasks import Problem, arithmetic_problems, encode_prompts, load_math
+from trainer_client.trainer.warmup import warm_up
+
+CHECKPOINT = "checkpoint"
+STATE_FILE = "trainer_state.pt"
+METRICS_FILE = "metrics.jsonl"
+SPOOL_FILE = "reports.spool.jsonl"
+EVAL_SEED = 1  # the held-out set is drawn with its own seed and excludes the training prompts
+
+
+@dataclasses.dataclass
+class Samples:
+    """Responses of one phase of one step, flat: row r belongs to prompt ``prompt[r]``."""
+
+    prompt: list[int]  # index into the step's prompt batch
+    completions: list[Completion]
+    rewards: list[float]
+
+    @classmethod
+    def empty(cls) -> Samples:
+        return cls([], [], [])
+
+    def extend(self, other: Samples) -> None:
+        self.prompt += other.prompt
+        self.completions += other.completions
+        self.rewards += other.rewards
+
+
+# -- set-up helpers (everything the loop needs, built once) -------------------------------------
+
+
+def load_problems(config: TrainConfig) -> tuple[list[Problem], list[Problem]]:
+    """The training pool and the fixed held-out set (the same for every seed of a config)."""
+    if config.task == "arithmetic":
+        train = arithmetic_problems(config.train_prompts, seed=config.data_seed)
+        held_out = arithmetic_problems(
+            config.eval_prompts, seed=EVAL_SEED, exclude=[p.prompt_id for p in train]
+        )
+        return train, held_out
+    problems = load_math(config.data)
+    random.Random(config.data_seed).shuffle(problems)
+    if len(problems) < config.eval_prompts + config.batch_size:
+        raise ValueError(f"{config.data} has {len(problems)} problems: too few for this config")
+    held_out = problems[: config.eval_prompts]
+    return problems[config.eval_prompts :][: config.train_prompts], held_out
+
+
+def batch_indices(step: int, config: TrainConfig, pool: int) -> list[int]:
+    """The prompts of ``step``: epochs of seeded permutations, whole batches only (so the ids
+    of a batch are distinct), derived from the step alone so a resumed run picks the same."""
+    per_epoch = pool // config.batch_size
+    epoch, index = divmod(step, per_epoch)
+    order = _permutation(pool, config.seed, epoch)
+    return list(order[index * config.batch_size : (index + 1) * config.batch_size])
+
+
+@lru_cache(maxsize=4)
+def _permutation(pool: int, seed: int, epoch: int) -> tuple[int, ...]:
+    order = list(range(pool))
+    random.Random(f"{seed}/{epoch}").shuffle(order)
+    return tuple(order)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def model_folder(config: TrainConfig) -> Path:
+    """The model to start from: ``--model``, or the tiny model after its supervised warm-up."""
+    cache = config.cache_dir or None
+    if config.model:
+        return resolve_model(config.model, cache_dir=cache)
+    print("model: the tiny model after its supervised warm-up (built on first use, then cached)")
+    return warm_up(cache)
+
+
+def make_generator(
+    config: TrainConfig, model: PreTrainedModel, tokenizer: Any, folder: Path
+) -> Generator:
+    if config.backend == "vllm":
+        from trainer_client.trainer.vllm_backend import VLLMGenerator  # vllm only when chosen
+
+        generator: Generator = VLLMGenerator(folder, seed=config.seed)
+        generator.load_weights(model)  # a resumed policy may differ from the folder's weights
+        return generator
+    return HFGenerator(model, tokenizer)
+
+
+def sampling(config: TrainConfig, step: int, phase: int) -> SamplingConfig:
+    """Seeded per (step, phase): a resumed run draws what the first run would have."""
+    return SamplingConfig(
+        temperature=config.temperature,
+        top_p=config.top_p,
+        max_new_tokens=config.max_new_tokens,
+        seed=(config.seed * 1_000_003 + step * 4 + phase) % 2**31,
+    )
+
+
+def run_config(config: TrainConfig) -> RunConfig:
+    """The service-side run: only the fields the trainer sets; the service fills the rest."""
+    fields: dict[str, Any] = {"strategy": config.allocation, "algo": config.algo}
+    optional = {
+        "min_samples": config.effective_min_samples,
+        "max_samples": config.max_samples,
+        "half_life_steps": config.half_life_steps,
+    }
+    fields.update({k: v for k, v in optional.items() if v is not None})
+    return RunConfig(**fields)
+
+
+@contextmanager
+def timed(times: dict[str, float], phase: str) -> Iterator[None]:
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        times[phase] = times.get(phase, 0.0) + time.perf_counter() - started
+
+
+# -- the phases of a step ------------------------------------------------------------------------
+
+
+def sample_and_score(
+    generator: Generator,
+    prompt_ids: Sequence[Sequence[int]],
+    problems: Sequence[Problem],
+    counts: Sequence[int],
+    sampling_config: SamplingConfig,
+    times: dict[str, float],
+) -> Samples:
+    with timed(times, "generate"):
+        groups = generator.generate(prompt_ids, counts, sampling_config)
+    samples = Samples.empty()
+    with timed(times, "score"):
+        for i, (problem, group) in enumerate(zip(problems, groups, strict=True)):
+            for completion in group:
+                samples.prompt.append(i)
+                samples.completions.append(completion)
+                samples.rewards.append(score(problem, completion.text))
+    return samples
+
+
+def to_batch(
+    samples: Samples, prompt_ids: Sequence[Sequence[int]], pad_id: int, device: torch.device
+) -> Batch:
+    prompts = [prompt_ids[i] for i in samples.prompt]
+    responses = [c.token_ids for c in samples.completions]
+    return collate(prompts, responses, pad_id, device=device)
+
+
+def observations(
+    samples: Samples, problems: Sequence[Problem], batch: Batch, model: Any, config: TrainConfig
+) -> list[Observation]:
+    """Per prompt: samples drawn, accepted, and the accepted samples' gradient norms."""
+    accepted_rows = [r for r, reward in enumerate(samples.rewards) if reward > 0.5]
+    norms = (
+        grad_norms(
+            model,
+            batch.select(accepted_rows),
+            target=config.grad_norm_target,
+            micro_batch_size=config.minibatch_size,
+        ).tolist()
+        if accepted_rows
+        else []
+    )
+    per_prompt: dict[int, list[float]] = {}
+    for row, norm in zip(accepted_rows, norms, strict=True):
+        per_prompt.setdefault(samples.prompt[row], []).append(norm)
+    drawn: dict[int, int] = {}
+    for i in samples.prompt:
+        drawn[i] = drawn.get(i, 0) + 1
+    return [
+        Observation(
+            prompt_id=problems[i].prompt_id,
+            samples=n,
+            accepted=len(per_prompt.get(i, [])),
+            grad_norms=per_prompt.get(i, []),
+        )
+        for i, n in sorted(drawn.items())
+    ]
+
+
+def minibatches(samples: Samples, rows: Sequence[int], size: int) -> list[list[int]]:
+    """``rows`` in chunks of about ``size`` that never split a prompt's group (GRPO normalises
+    advantages within a group, so a group must be whole in the loss that sees it)."""
+    chunks: list[list[int]] = []
+    current: list[int] = []
+    by_prompt: dict[int, list[int]] = {}
+    for row in rows:
+        by_prompt.setdefault(samples.prompt[row], []).append(row)
+    for group in by_prompt.values():
+        if current and len(current) + len(group) > size:
+            chunks.append(current)
+            current = []
+        current += group
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def update(
+    model: Any,
+    reference: Any,
+    optimizer: torch.optim.Optimizer,
+    samples: Samples,
+    batch: Batch,
+    config: TrainConfig,
+    rng: random.Random,
+) -> dict[str, float]:
+    """One RAFT++ or GRPO update on a step's samples; what to log about it."""
+    rows = list(range(len(samples.rewards)))
+    if config.algo == "raft":  # rejected samples contribute nothing: leave them out
+        rows = [r for r in rows if samples.rewards[r] > 0.5]
+    if not rows:
+        return {"loss": 0.0, "clip_fraction": 0.0, "trained_samples": 0}
+    chunks = []
+    for chunk in minibatches(samples, rows, config.minibatch_size):
+        part = batch.select(chunk)
+        with torch.no_grad():  # the policy that drew the samples, and the KL anchor
+            old = sequence_logprobs(model, part)
+            ref = sequence_logprobs(reference, part) if reference is not None else None
+        rewards = torch.tensor([samples.rewards[r] for r in chunk], device=old.device)
+        groups = torch.tensor([samples.prompt[r] for r in chunk], device=old.device)
+        chunks.append((part, old, ref, rewards, groups))
+
+    losses, clips, kls = [], [], []
+    model.train()
+    for _ in range(config.ppo_epochs):
+        rng.shuffle(chunks)
+        for part, old, ref, rewards, groups in chunks:
+            logprobs = sequence_logprobs(model, part)
+            mask, clip, kl = part.response_mask, config.clip, config.kl_coef
+            if config.algo == "raft":
+                out = raft_loss(
+                    logprobs, old, mask, rewards > 0.5, clip_eps=clip, ref_logprobs=ref, kl_coef=kl
+                )
+            else:
+                out = grpo_loss(
+                    logprobs,
+                    old,
+                    mask,
+                    rewards,
+                    groups,
+                    clip_eps=clip,
+                    ref_logprobs=ref,
+                    kl_coef=kl,
+                )
+            optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()  # type: ignore[no-untyped-call]
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            optimizer.step()
+            losses.append(out.loss.item())
+            clips.append(out.clip_fraction)
+            if out.kl is not None:
+                kls.append(out.kl)
+    logged = {
+        "loss": sum(losses) / len(losses),
+        "clip_fraction": sum(clips) / len(clips),
+        "trained_samples": len(rows),
+    }
+    if kls:
+        logged["kl"] = sum(kls) / len(kls)
+    return logged
+
+
+def evaluate(
+    generator: Generator,
+    prompt_ids: Sequence[Sequence[int]],
+    problems: Sequence[Problem],
+    config: TrainConfig,
+) -> float:
+    """Greedy accuracy on the held-out set."""
+    greedy = SamplingConfig(temperature=0.0, max_new_tokens=config.max_new_tokens, seed=0)
+    groups = generator.generate(prompt_ids, [1] * len(prompt_ids), greedy)
+    correct = sum(score(p, g[0].text) for p, g in zip(problems, groups, strict=True))
+    return correct / len(problems)
+
+
+def allocation_spread(counts: Sequence[int]) -> dict[str, float]:
+    mean = sum(counts) / len(counts)
+    std = (sum((n - mean) ** 2 for n in counts) / len(counts)) ** 0.5
+    return {"alloc_min": min(counts), "alloc_max": max(counts), "alloc_std": round(std, 4)}
+
+
+# -- checkpoints --------------------------------------------------------------------------------
+
+
+def save_checkpoint(out: Path, model: Any, tokenizer: Any, state: dict[str, Any]) -> Path:
+    """Model folder + trainer state, written aside and swapped in (a crash keeps the old one)."""
+    final, tmp, old = out / CHECKPOINT, out / f".{CHECKPOINT}.tmp", out / f".{CHECKPOINT}.old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    rng = {
+        "python": random.getstate(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    torch.save({**state, "rng": rng}, tmp / STATE_FILE)
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_state(out: Path) -> dict[str, Any]:
+    path = out / CHECKPOINT / STATE_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint at {path}")
+    state: dict[str, Any] = torch.load(path, weights_only=False)  # our own file
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    random.setstate(state["rng"]["python"])
+    torch.set_rng_state(state["rng"]["torch"])
+    if state["rng"]["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+
+
+def keep_metrics_before(path: Path, step: int) -> None:
+    """On resume, drop lines of steps after the checkpoint (they are about to run again)."""
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = [line for line in lines if json.loads(line)["step"] < step]
+    path.write_text("".join(f"{line}\n" for line in kept))
+
+
+# -- the loop -----------------------------------------------------------------------------------
+
+
+def train(config: TrainConfig) -> dict[str, Any]:
+    """Train for ``config.steps`` steps against the service; returns (and writes) the summary."""
+    out = config.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    state = load_state(out) if config.resume else None
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+
+    # model and tokenizer: the checkpoint's when resuming, else --model or the warm tiny model
+    folder = out / CHECKPOINT if state else model_folder(config)
+    print(f"model: {folder}")
+    model: Any = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    model.to(device)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    reference: Any = None
+    if config.kl_coef > 0:  # the KL anchor: the policy the training started from
+        reference = copy.deepcopy(model)
+        if state:
+            start = model_folder(config)
+            reference = AutoModelForCausalLM.from_pretrained(start, dtype=torch.float32)
+        reference.to(device).eval().requires_grad_(False)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
+
+    # prompts: the training pool and the held-out set, tokenized once
+    train_set, held_out = load_problems(config)
+    train_ids = encode_prompts(tokenizer, train_set)
+    eval_ids = encode_prompts(tokenizer, held_out)
+
+    # counters that survive a resume
+    first_step, generated_total, accepted_total = 0, 0, 0
+    session = uuid.uuid4().hex[:12]  # report ids: <session>-<step>-<phase>, stable on resume
+    if state:
+        optimizer.load_state_dict(state["optimizer"])
+        first_step = state["step"]
+        generated_total, accepted_total = state["generated_total"], state["accepted_total"]
+        session = state["session"]
+        restore_rng(state)
+    metrics_path = out / METRICS_FILE
+    keep_metrics_before(metrics_path, first_step)
+
+    run_id = config.run_name
+    token = config.api_token or os.environ.get("GVM_API_TOKEN") or None
+    client = BudgetClient(config.service_url, token=token, spool_path=out / SPOOL_FILE)
+    generator = make_generator(config, model, tokenizer, folder)
+    try:
+        # the service-side run: a fresh one starts with no statistics unless asked to keep them
+        try:
+            if not (state or config.keep_stats):
+                with suppress(NotFoundError):
+                    client.delete_run(run_id)
+            client.put_run(run_id, run_config(config))
+        except UnavailableError as exc:
+            raise SystemExit(
+                f"cannot reach the budget service at {config.service_url} ({exc}); start it "
+                "with `gvm-budget serve` or point --service-url at it"
+            ) from exc
+
+        initial_accuracy = accuracy = None
+        if not state:
+            initial_accuracy = evaluate(generator, eval_ids, held_out, config)
+            print(f"held-out accuracy before training: {initial_accuracy:.3f}")
+
+        bar = tqdm(
+            range(first_step, config.steps),
+            initial=first_step,
+            total=config.steps,
+            disable=not config.progress,
+            desc=run_id,
+            dynamic_ncols=True,
+        )
+        with metrics_path.open("a") as metrics:
+            for step in bar:
+                times: dict[str, float] = {}
+                started = time.perf_counter()
+
+                # 1. a batch of prompts
+                batch_ix = batch_indices(step, config, len(train_set))
+                problems = [train_set[i] for i in batch_ix]
+                prompt_ids = [train_ids[i] for i in batch_ix]
+                prompt_keys = [p.prompt_id for p in problems]
+                samples = Samples.empty()
+                budget = config.budget
+                pilot = 0
+
+                # 2. paper mode: a pilot of N' samples per prompt, reported before the allocation
+                if config.mode == "paper":
+                    counts = [config.pilot_samples] * len(problems)
+                    pilot_samples = sample_and_score(
+                        generator, prompt_ids, problems, counts, sampling(config, step, 0), times
+                    )
+                    with timed(times, "grad_norms"):
+                        batch = to_batch(pilot_samples, prompt_ids, tokenizer.pad_token_id, device)
+                        found = observations(pilot_samples, problems, batch, model, config)
+                    with timed(times, "report"):
+                        client.report(run_id, step, found, report_id=f"{session}-{step}-pilot")
+                    samples.extend(pilot_samples)
+                    pilot = sum(counts)
+                    budget -= pilot
+
+                # 3. how many samples each prompt gets
+                with timed(times, "allocate"):
+                    allocation = client.allocate(run_id, prompt_keys, budget, step)
+                counts = allocation.counts
+
+                # 4-5. generate n_i samples per prompt and score them
+                main = sample_and_score(
+                    generator, prompt_ids, problems, counts, sampling(config, step, 1), times
+                )
+
+                # 6-7. gradient norms of the accepted samples; report what this step saw
+                with timed(times, "grad_norms"):
+                    batch = to_batch(main, prompt_ids, tokenizer.pad_token_id, device)
+                    found = observations(main, problems, batch, model, config)
+                if found:
+                    with timed(times, "report"):
+                        client.report(run_id, step, found, report_id=f"{session}-{step}-main")
+                samples.extend(main)
+
+                # 8. update the policy on the step's samples (pilot included), then the sampler
+                with timed(times, "update"):
+                    batch = to_batch(samples, prompt_ids, tokenizer.pad_token_id, device)
+                    order = random.Random(f"{config.seed}/update/{step}")  # minibatch order
+                    logged = update(model, reference, optimizer, samples, batch, config, order)
+                    generator.load_weights(model)
+
+                # 9. log, evaluate, checkpoint
+                generated = len(samples.rewards)
+                accepted = sum(r > 0.5 for r in samples.rewards)
+                generated_total += generated
+                accepted_total += accepted
+                last = step == config.steps - 1
+                accuracy = None
+                if (step + 1) % config.eval_every == 0 or last:
+                    with timed(times, "eval"):
+                        accuracy = evaluate(generator, eval_ids, held_out, config)
+                times["step"] = time.perf_counter() - started
+                record = {
+                    "step": step,
+                    "prompts": len(problems),
+                    "generated": generated,
+                    "pilot": pilot,
+                    "cumulative_generated": generated_total,
+                    "accepted": accepted,
+                    "accept_rate": accepted / max(generated, 1),
+                    "mean_reward": sum(samples.rewards) / max(generated, 1),
+                    "eval_accuracy": accuracy,
+                    "budget": config.budget,
+                    "allocated": allocation.total,
+                    "alloc_counts": counts,
+                    **allocation_spread(counts),
+                    "predicted_variance": allocation.predicted_variance,
+                    "uniform_variance": allocation.uniform_variance,
+                    "fallback": allocation.fallback,
+                    "spooled": len(client.spool),
+                    **logged,
+                    **{f"time_{k}": round(v, 4) for k, v in times.items()},
+                }
+                metrics.write(json.dumps(record) + "\n")
+                metrics.flush()
+                bar.set_postfix(
+                    accept=f"{record['accept_rate']:.2f}", n=f"{min(counts)}..{max(counts)}"
+                )
+                if config.log_every and (step % config.log_every == 0 or accuracy is not None):
+                    tqdm.write(format_step(record), file=sys.stdout)
+                if last or (config.checkpoint_every and (step + 1) % config.checkpoint_every == 0):
+                    save_checkpoint(
+                        out,
+                        model,
+                        tokenizer,
+                        {
+                            "step": step + 1,
+                            "optimizer": optimizer.state_dict(),
+                            "generated_total": generated_total,
+                            "accepted_total": accepted_total,
+                            "session": session,
+                            "config": dataclasses.asdict(config),
+                        },
+                    )
+        bar.close()
+
+        pending = client.flush()  # anything spooled during an outage, now that we are done
+        summary = {
+            "run_id": run_id,
+            "service_url": config.service_url,
+            "steps": config.steps,
+            "cumulative_generated": generated_total,
+            "accepted": accepted_total,
+            "initial_eval_accuracy": initial_accuracy,
+            "final_eval_accuracy": accuracy,
+            "fallbacks": client.stats.fallbacks,
+            "spooled_pending": pending,
+            "out_dir": str(out),
+            "metrics": str(metrics_path),
+            "checkpoint": str(out / CHECKPOINT),
+        }
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return summary
+    finally:
+        generator.close()
+        client.close()
+
+
+def quiet_transformers() -> None:
+    """No per-load and per-save progress bars from transformers between our step lines."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+
+
+def format_step(record: dict[str, Any]) -> str:
+    """One log line per step: samples, acceptance, the allocation's spread and predicted gain."""
+    line = (
+        f"step {record['step']:>4} | samples {record['generated']:>4} "
+        f"(total {record['cumulative_generated']}) | accepted {record['accept_rate']:.2f} | "
+        f"n_i {record['alloc_min']}..{record['alloc_max']} std {record['alloc_std']:.2f}"
+    )
+    if len(record["alloc_counts"]) <= 16:
+        line += f" {record['alloc_counts']}"
+    if record["predicted_variance"] is not None and record["uniform_variance"]:
+        ratio = record["predicted_variance"] / record["uniform_variance"]
+        line += f" | variance x{ratio:.2f} of uniform"
+    if record["fallback"]:
+        line += " | FALLBACK uniform (service unreachable)"
+    if record["eval_accuracy"] is not None:
+        line += f" | eval {record['eval_accuracy']:.3f}"
+    return line + f" | {record['time_step']:.1f}s"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``gvm-train``: parse flags (and ``--config``), print the overrides, train."""
+    quiet_transformers()
+    config, overrides = parse_args(argv)
+    if config.resume:  # the checkpoint's config, then the file and flags of this invocation
+        saved = load_state(config.output_dir)["config"]
+        config, overrides = parse_args(argv, base=saved)
+    print(f"gvm-train {config.run_name}, settings that differ from the defaults:")
+    print(format_overrides(config, overrides))
+    summary = train(config)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
