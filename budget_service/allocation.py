@@ -386,7 +386,8 @@ def _cost_scale(cost_max: float) -> float:
     keeps the threshold q = 1/mu clear of under- and overflow); 1 otherwise."""
     if 2.0**-100 <= cost_max <= 2.0**100 or cost_max <= 0:
         return 1.0
-    return math.ldexp(1.0, -math.frexp(cost_max)[1])
+    # At most 2**1023: a subnormal cost_max would otherwise need a scale past the float range.
+    return math.ldexp(1.0, min(-math.frexp(cost_max)[1], 1023))
 
 
 def _threshold(c: F64, lo: F64 | float, hi: F64 | float, total: int) -> tuple[I64, float]:

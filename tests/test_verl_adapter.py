@@ -13,9 +13,13 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
+from budget_service.allocation import AllocationParams, allocate
+from budget_service.estimates import PromptStatistics, RunTotals, estimate
 from trainer_client.integrations._batch import copies_from_counts, observations_from_rows
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,6 +97,41 @@ def test_the_integrations_package_imports_no_framework() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+# --- what the README says the service does without gradient norms -----------------------------
+
+
+def _no_norms(accepted: list[float], samples: float = 8.0) -> tuple[Any, Any]:
+    """Statistics of a run that reported acceptance only (stock verl)."""
+    m = len(accepted)
+    stats = PromptStatistics(
+        samples=np.full(m, samples),
+        accepted=np.asarray(accepted, dtype=np.float64),
+        grad_norm_sum=np.zeros(m),
+        grad_norm_count=np.zeros(m),
+        last_step=np.zeros(m, dtype=np.int64),
+    )
+    totals = RunTotals(samples=samples * m, accepted=float(sum(accepted)))
+    return stats, totals
+
+
+def test_without_norms_gvm_allocates_from_acceptance_alone() -> None:
+    stats, totals = _no_norms([4.0, 8.0, 0.0, 1.0, 7.0])
+    params = AllocationParams(algo="grpo")
+    estimates = estimate(stats, totals, step=1, params=params)
+    assert estimates.g_hat.tolist() == [1.0] * 5  # G = 1 everywhere
+    plan = allocate(estimates, 40, params)
+    # p (1 - p): the prompt at 4 of 8 gets the most samples
+    assert int(np.argmax(plan.samples)) == 0
+    assert plan.samples[0] > max(plan.samples[1], plan.samples[2])
+
+
+def test_without_norms_gvm_paper_degenerates_to_the_even_split() -> None:
+    stats, totals = _no_norms([4.0, 8.0, 1.0, 7.0])
+    params = AllocationParams(strategy="gvm-paper", prior_strength=0)
+    plan = allocate(estimate(stats, totals, step=1, params=params), 40, params)
+    assert plan.samples.tolist() == [10, 10, 10, 10]
 
 
 # --- against verl itself ----------------------------------------------------------------------

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from trainer_client.trainer.warmup import WarmupConfig, read_report, warm_up
+from trainer_client.trainer.warmup import WarmupConfig, read_report, single_threaded, warm_up
 
 SHORT = WarmupConfig(
     steps=6,
@@ -56,6 +56,13 @@ def test_default_warmup_spreads_acceptance_across_levels() -> None:
     # Prompts with some but not all samples accepted are where RAFT and GVM get their signal.
     mixed = [1 - levels[k]["none_correct"] - levels[k]["all_correct"] for k in sorted(levels)]
     assert max(mixed) > 0.5, mixed
+
+
+def test_single_threaded_restores_the_thread_count() -> None:
+    threads = torch.get_num_threads()
+    with single_threaded():
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == threads
 
 
 def test_level_weights_must_match_levels(tmp_path: Path) -> None:

@@ -135,6 +135,7 @@ export function parseRetryAfter(value) {
 
 export class BudgetClient {
   #base;
+  /** @type {Record<string, string>} */
   #headers;
   #timeoutMs;
   #attempts;
@@ -151,7 +152,6 @@ export class BudgetClient {
       throw new TypeError(`baseUrl must start with http:// or https://, got ${baseUrl}`);
     }
     this.#base = baseUrl.replace(/\/+$/, "");
-    /** @type {Record<string, string>} */
     this.#headers = { "content-type": "application/json", accept: "application/json" };
     if (options.token) this.#headers.authorization = `Bearer ${options.token}`;
     this.#timeoutMs = options.timeoutMs ?? 10_000;

@@ -51,6 +51,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0  # gradient clipping of each optimizer step
     ppo_epochs: int = 1  # passes over a step's samples
     minibatch_size: int = 64  # samples per optimizer step within a pass
+    micro_batch_size: int = 16  # sequences per forward/backward (memory); gradients add up
     grad_norm_target: Literal["embedding", "lm_head"] = "embedding"  # W of G = |dlogp/dW|
     # -- sampling ----------------------------------------------------------------------------
     backend: Literal["hf", "vllm"] = "hf"  # generation: transformers generate, or vLLM
@@ -62,6 +63,7 @@ class TrainConfig:
     cache_dir: str = ""  # where built and converted models are cached; "" = ~/.cache/gvm-budget
     task: Literal["arithmetic", "math"] = "arithmetic"  # the prompt set
     data: str = ""  # math task: a JSONL file of {problem, answer}
+    max_level: int = 6  # arithmetic task: difficulty levels 1..max_level (pool and held-out set)
     train_prompts: int = 256  # size of the training prompt pool
     data_seed: int = 0  # draws the pool (and the math split); the held-out set is fixed
     eval_prompts: int = 64  # size of the fixed held-out set (greedy accuracy)
@@ -79,7 +81,8 @@ class TrainConfig:
         check_types(self)
         problems = []
         positive = ("steps", "batch_size", "budget", "max_new_tokens", "eval_prompts",
-                    "train_prompts", "eval_every", "ppo_epochs", "minibatch_size")  # fmt: skip
+                    "train_prompts", "eval_every", "ppo_epochs", "minibatch_size",
+                    "micro_batch_size")  # fmt: skip
         problems += [f"{name} must be >= 1" for name in positive if getattr(self, name) < 1]
         if self.algo == "grpo" and self.min_samples is not None and self.min_samples < 2:
             problems.append("grpo needs min_samples >= 2 (a group of one has no baseline)")
@@ -102,6 +105,8 @@ class TrainConfig:
             problems.append("task 'math' needs data=<JSONL file of problem/answer>")
         if self.clip <= 0 or self.lr <= 0:
             problems.append("clip and lr must be > 0")
+        if not 1 <= self.max_level <= 6:
+            problems.append("max_level must be between 1 and 6")
         if self.batch_size > self.train_prompts:
             problems.append("batch_size must be <= train_prompts")
         if problems:

@@ -12,20 +12,30 @@ The trainer talks to the service over HTTP only; this module never imports ``bud
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 
 from trainer_client import BudgetClient
 
 READY_TIMEOUT_S = 60.0
+
+
+def _die_with_parent() -> None:
+    """In the service process, before exec: SIGTERM when the demo dies, even by SIGKILL."""
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def free_port(host: str) -> int:
@@ -55,13 +65,15 @@ def running_service(
     url = f"http://{host}:{port}"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
-        # A session of its own: Ctrl-C reaches only us, and we stop the service in order.
+        # A session of its own: Ctrl-C reaches only us, and we stop the service in order. The
+        # parent-death signal runs code in the child before exec, safe while we have one thread.
         process = subprocess.Popen(
             [*serve_command(), "serve", "--host", host, "--port", str(port)],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=_die_with_parent if threading.active_count() == 1 else None,
         )
     try:
         wait_ready(url, process, log_path)
@@ -108,35 +120,37 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # Imported here: torch and transformers take seconds, and --help should not wait for them.
-    from trainer_client.trainer.config import TrainConfig
-    from trainer_client.trainer.train import quiet_transformers, train
-
-    quiet_transformers()
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the service the way Ctrl-C does
     out: Path = args.out_dir
     port = args.port or free_port(args.host)
     run_id = "demo"
-    config = TrainConfig(
-        run_id=run_id,
-        allocation="gvm",
-        algo="raft",
-        mode="online",
-        steps=args.steps,
-        batch_size=args.batch_size,
-        budget=args.budget,
-        train_prompts=2 * args.batch_size,  # prompts come back every other step: GVM sees them
-        eval_prompts=64,
-        eval_every=max(args.steps // 2, 1),
-        seed=args.seed,
-        out_dir=str(out / "train"),
-        progress=False,  # one line per step instead
-    )
     started = time.perf_counter()
     try:
         service = running_service(args.host, port, out / "redis", out / "service.log")
         with service as (url, process):
             print(f"gvm-demo: service ready at {url} (embedded Redis, data in {out / 'redis'})")
-            config.service_url = url
+            # Imported only now: torch starts threads, and the service was forked before them.
+            from trainer_client.trainer.config import TrainConfig
+            from trainer_client.trainer.train import quiet_transformers, train
+
+            quiet_transformers()
+            config = TrainConfig(
+                service_url=url,
+                run_id=run_id,
+                allocation="gvm",
+                algo="raft",
+                mode="online",
+                steps=args.steps,
+                batch_size=args.batch_size,
+                budget=args.budget,
+                max_level=3,  # levels the warm model solves 40%, 14% and 1% of the time
+                train_prompts=2 * args.batch_size,  # prompts come back every other step
+                eval_prompts=96,
+                eval_every=max(args.steps // 2, 1),
+                seed=args.seed,
+                out_dir=str(out / "train"),
+                progress=False,  # one line per step instead
+            )
             summary = train(config)
             print(
                 f"\ngvm-demo: {summary['cumulative_generated']} samples in {config.steps} steps, "
@@ -162,6 +176,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     print("gvm-demo: service stopped")
     return 0
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

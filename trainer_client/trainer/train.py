@@ -45,7 +45,14 @@ from trainer_client.trainer.checkpoints import resolve_model
 from trainer_client.trainer.config import TrainConfig, format_overrides, parse_args
 from trainer_client.trainer.generation import Completion, Generator, HFGenerator, SamplingConfig
 from trainer_client.trainer.grad_norms import grad_norms
-from trainer_client.trainer.losses import Batch, collate, grpo_loss, raft_loss, sequence_logprobs
+from trainer_client.trainer.losses import (
+    Batch,
+    LossOutput,
+    collate,
+    grpo_loss,
+    raft_loss,
+    sequence_logprobs,
+)
 from trainer_client.trainer.rewards import score
 from trainer_client.trainer.tasks import Problem, arithmetic_problems, encode_prompts, load_math
 from trainer_client.trainer.warmup import warm_up
@@ -81,9 +88,10 @@ class Samples:
 def load_problems(config: TrainConfig) -> tuple[list[Problem], list[Problem]]:
     """The training pool and the fixed held-out set (the same for every seed of a config)."""
     if config.task == "arithmetic":
-        train = arithmetic_problems(config.train_prompts, seed=config.data_seed)
+        levels = range(1, config.max_level + 1)
+        train = arithmetic_problems(config.train_prompts, seed=config.data_seed, levels=levels)
         held_out = arithmetic_problems(
-            config.eval_prompts, seed=EVAL_SEED, exclude=[p.prompt_id for p in train]
+            config.eval_prompts, seed=EVAL_SEED, levels=levels, exclude=[p.prompt_id for p in train]
         )
         return train, held_out
     problems = load_math(config.data)
@@ -209,7 +217,7 @@ def observations(
             model,
             batch.select(accepted_rows),
             target=config.grad_norm_target,
-            micro_batch_size=config.minibatch_size,
+            micro_batch_size=config.micro_batch_size,
         ).tolist()
         if accepted_rows
         else []
@@ -249,6 +257,17 @@ def minibatches(samples: Samples, rows: Sequence[int], size: int) -> list[list[i
     return chunks
 
 
+@dataclasses.dataclass
+class MicroBatch:
+    """One forward/backward of an update: sequences, and what the loss compares them with."""
+
+    batch: Batch
+    old: torch.Tensor  # [B, T] log-probs under the policy that drew the samples
+    ref: torch.Tensor | None  # [B, T] log-probs under the KL anchor
+    rewards: torch.Tensor  # [B]
+    groups: torch.Tensor  # [B] prompt index: GRPO's groups
+
+
 def update(
     model: Any,
     reference: Any,
@@ -258,60 +277,74 @@ def update(
     config: TrainConfig,
     rng: random.Random,
 ) -> dict[str, float]:
-    """One RAFT++ or GRPO update on a step's samples; what to log about it."""
+    """One RAFT++ or GRPO update on a step's samples; what to log about it.
+
+    Minibatches of about ``minibatch_size`` samples take one optimizer step each, accumulated
+    over micro-batches of about ``micro_batch_size`` sequences (memory). Neither ever splits a
+    prompt's group, so GRPO normalises each group whole; each micro-batch's token-mean loss is
+    weighted by its share of the minibatch's tokens, so the sum is the minibatch's token mean.
+    """
     rows = list(range(len(samples.rewards)))
     if config.algo == "raft":  # rejected samples contribute nothing: leave them out
         rows = [r for r in rows if samples.rewards[r] > 0.5]
     if not rows:
         return {"loss": 0.0, "clip_fraction": 0.0, "trained_samples": 0}
-    chunks = []
-    for chunk in minibatches(samples, rows, config.minibatch_size):
-        part = batch.select(chunk)
-        with torch.no_grad():  # the policy that drew the samples, and the KL anchor
-            old = sequence_logprobs(model, part)
-            ref = sequence_logprobs(reference, part) if reference is not None else None
-        rewards = torch.tensor([samples.rewards[r] for r in chunk], device=old.device)
-        groups = torch.tensor([samples.prompt[r] for r in chunk], device=old.device)
-        chunks.append((part, old, ref, rewards, groups))
+    plan: list[list[MicroBatch]] = []
+    for minibatch in minibatches(samples, rows, config.minibatch_size):
+        micro_batches = []
+        for micro in minibatches(samples, minibatch, config.micro_batch_size):
+            part = batch.select(micro)
+            with torch.no_grad():  # the policy that drew the samples, and the KL anchor
+                old = sequence_logprobs(model, part)
+                ref = sequence_logprobs(reference, part) if reference is not None else None
+            rewards = torch.tensor([samples.rewards[r] for r in micro], device=old.device)
+            groups = torch.tensor([samples.prompt[r] for r in micro], device=old.device)
+            micro_batches.append(MicroBatch(part, old, ref, rewards, groups))
+        plan.append(micro_batches)
 
     losses, clips, kls = [], [], []
     model.train()
     for _ in range(config.ppo_epochs):
-        rng.shuffle(chunks)
-        for part, old, ref, rewards, groups in chunks:
-            logprobs = sequence_logprobs(model, part)
-            mask, clip, kl = part.response_mask, config.clip, config.kl_coef
-            if config.algo == "raft":
-                out = raft_loss(
-                    logprobs, old, mask, rewards > 0.5, clip_eps=clip, ref_logprobs=ref, kl_coef=kl
-                )
-            else:
-                out = grpo_loss(
-                    logprobs,
-                    old,
-                    mask,
-                    rewards,
-                    groups,
-                    clip_eps=clip,
-                    ref_logprobs=ref,
-                    kl_coef=kl,
-                )
+        rng.shuffle(plan)
+        for micro_batches in plan:
+            tokens = sum(int(m.batch.response_mask.sum()) for m in micro_batches)
             optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()  # type: ignore[no-untyped-call]
+            loss, clipped, kl = 0.0, 0.0, 0.0
+            for m in micro_batches:
+                out = policy_loss(model, m, config)
+                share = out.tokens / max(tokens, 1)
+                (out.loss * share).backward()  # type: ignore[no-untyped-call]
+                loss += out.loss.item() * share
+                clipped += out.clip_fraction * share
+                kl += (out.kl or 0.0) * share
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
             optimizer.step()
-            losses.append(out.loss.item())
-            clips.append(out.clip_fraction)
-            if out.kl is not None:
-                kls.append(out.kl)
+            losses.append(loss)
+            clips.append(clipped)
+            kls.append(kl)
     logged = {
         "loss": sum(losses) / len(losses),
         "clip_fraction": sum(clips) / len(clips),
         "trained_samples": len(rows),
     }
-    if kls:
+    if reference is not None:
         logged["kl"] = sum(kls) / len(kls)
     return logged
+
+
+def policy_loss(model: Any, micro: MicroBatch, config: TrainConfig) -> LossOutput:
+    """The configured algorithm's loss on one micro-batch (token mean over its tokens)."""
+    logprobs = sequence_logprobs(model, micro.batch)
+    mask, eps, kl, ref = micro.batch.response_mask, config.clip, config.kl_coef, micro.ref
+    if config.algo == "raft":
+        accepted = micro.rewards > 0.5
+        return raft_loss(
+            logprobs, micro.old, mask, accepted, clip_eps=eps, ref_logprobs=ref, kl_coef=kl
+        )
+    return grpo_loss(
+        logprobs, micro.old, mask, micro.rewards, micro.groups, clip_eps=eps, ref_logprobs=ref,
+        kl_coef=kl,
+    )  # fmt: skip
 
 
 def evaluate(

@@ -107,7 +107,7 @@ test("connection refused is retried, then UnavailableError", async () => {
 test("a request that hangs times out and is retried", async (t) => {
   const server = await scripted([{ status: 0, hang: true }, { status: 200, body: applied }]);
   t.after(server.close);
-  const client = new BudgetClient(server.url, { ...fast, timeoutMs: 200 });
+  const client = new BudgetClient(server.url, { ...fast, timeoutMs: 500 });
   const result = await client.report("run-1", 0, [{ prompt_id: "p", samples: 1, accepted: 1 }]);
   assert.equal(result.applied, 1);
   assert.equal(server.requests.length, 2);
