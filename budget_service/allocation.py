@@ -599,29 +599,123 @@ def _value_counts(values: I64) -> tuple[I64, I64]:
 
 # --- gvm-paper: the published rule ----------------------------------------------------------------
 
+# Exact sequential sums (see _sequential_sum): the first _SEQ_HEAD values go through the plain
+# chain; then chunks of _SEQ_CHUNK values at a time, located to _SEQ_BLOCK values when the running
+# sum leaves its binade; more than _SEQ_MAX_TIES halfway cases in a chunk: the plain chain.
+_SEQ_HEAD = 1 << 13
+_SEQ_CHUNK = 1 << 15
+_SEQ_BLOCK = 1 << 9
+_SEQ_MAX_TIES = 64
+_TWO_53 = 2.0**53
+_SEQ_TINY = 2.0**-960  # below this the grid spacing of the running sum is not a safe scale
+
+
+def _accumulate(values: F64, carry: float) -> float:
+    """carry + values[0] + values[1] + ..., one rounding per addition, in order."""
+    run = np.empty(values.size + 1)
+    run[0] = carry
+    run[1:] = values
+    np.add.accumulate(run, out=run)
+    return float(run[-1])
+
 
 def _sequential_sum(values: F64) -> float:
-    """Python's left-to-right `sum` (the published code's), not numpy's pairwise sum: a running
-    sum carried across cache-sized chunks (one big accumulate would write a full-size array)."""
-    chunk = 1 << 15
-    buf = np.empty(min(values.size, chunk) + 1)
-    carry = 0.0
-    for start in range(0, values.size, chunk):
-        part = values[start : start + chunk]
-        run = buf[: part.size + 1]
-        run[0] = carry
-        run[1:] = part
-        np.add.accumulate(run, out=run)
-        carry = float(run[-1])
-    return carry
+    """Python's left-to-right `sum` (the published code's), bit for bit, not numpy's pairwise
+    sum - without a chain of one dependent addition per value where it can be avoided.
+
+    While the running sum s stays in one binade [2^e, 2^(e+1)), every float there (s included)
+    is a multiple of u = 2^(e-52), so for x >= 0: fl(s + x) = s + rint(x/u) u, except when x/u
+    is exactly halfway between integers (the tie then goes to the even multiple, which depends
+    on s). Over a chunk: q = x/u is exact (u is a power of two), r = rint(q), and t = sum(r) is
+    an exact integer sum in any order; if s/u + t stays below 2^53 (the binade's top), the chain
+    would have ended at s + t u, exactly. Halfway values are resolved in order with the running
+    parity; where s leaves its binade, the chunk is kept up to the block before the crossing and
+    the plain chain carries s across. Negative or non-finite values: the plain chain throughout.
+    Checked against np.add.accumulate in tests/test_allocation_paper.py.
+    """
+    n = values.size
+    head = min(n, _SEQ_HEAD)
+    s = _accumulate(values[:head], 0.0)
+    if head == n:
+        return s
+    if not values[head:].min() >= 0.0:  # negative or NaN
+        return _accumulate(values[head:], s)
+    q_buf = np.empty(_SEQ_CHUNK)
+    r_buf = np.empty(_SEQ_CHUNK)
+    i = head
+    with np.errstate(over="ignore", invalid="ignore"):  # inf: caught by the crossing test
+        while i < n:
+            if not math.isfinite(s):
+                return _accumulate(values[i:], s)
+            if s < _SEQ_TINY:  # not yet in a binade whose spacing we can scale by
+                size = min(n - i, _SEQ_BLOCK)
+                s = _accumulate(values[i : i + size], s)
+                i += size
+                continue
+            e = math.frexp(s)[1]  # s in [2^(e-1), 2^e): spacing u = 2^(e-53)
+            scale = math.ldexp(1.0, 53 - e)  # 1 / u
+            base = s * scale  # s / u, an integer in [2^52, 2^53)
+            room = _TWO_53 - base
+            size = min(n - i, _SEQ_CHUNK)
+            q = np.multiply(values[i : i + size], scale, out=q_buf[:size])
+            r = np.rint(q, out=r_buf[:size])
+            t = float(r.sum())
+            frac = np.subtract(q, r, out=q)  # +-0.5 exactly at a halfway value
+            tied = bool(frac.max() >= 0.5) or bool(frac.min() <= -0.5)
+            if t < room and not tied:
+                s = (base + t) / scale
+                i += size
+                continue
+            ties = np.flatnonzero(np.abs(frac) == 0.5) if tied else np.empty(0, np.intp)
+            if ties.size > _SEQ_MAX_TIES:
+                s = _accumulate(values[i : i + size], s)
+                i += size
+                continue
+            keep = size
+            if t + ties.size >= room:  # s may leave the binade: keep the blocks before that
+                whole = size // _SEQ_BLOCK * _SEQ_BLOCK
+                blocks = np.add.accumulate(r[:whole].reshape(-1, _SEQ_BLOCK).sum(axis=1))
+                found = int(np.searchsorted(blocks, room - ties.size, side="left"))
+                keep = min(found * _SEQ_BLOCK, whole)
+            total, start = base, 0
+            for k in ties[ties < keep].tolist():  # each tie +1 at most: still below 2^53
+                total += float(r[start:k].sum())
+                low = total + math.floor(float(frac[k]) + float(r[k]))  # frac + r: the q
+                total = low + 1.0 if low % 2.0 else low
+                start = k + 1
+            total += float(r[start:keep].sum())
+            s = total / scale
+            i += keep
+            if keep < size:  # across the binade's top with the plain chain
+                step = min(n - i, _SEQ_BLOCK)
+                s = _accumulate(values[i : i + step], s)
+                i += step
+    return s
 
 
-def _first_indices(keys: F64, count: int) -> I64:
-    """The set np.argsort(keys)[:count], without a full sort unless a tie straddles the cut
-    (then argsort itself decides, as in the published code). Keys are rounding residuals,
-    spread over [-0.5, 0.5]: a cheap pre-cut keeps the partition small."""
+def _paper_weights(p: F64, g: F64, alpha: float, beta: float) -> F64:
+    """w = G / sqrt(p + alpha / p^(beta - 1)), 0 where p or G is 0: element for element the
+    published loop's numbers (the same IEEE operations in the same order)."""
+    w = np.empty(p.shape)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        # beta = 2: pow(p, 1.0) is p itself, exactly (tested), so it is skipped
+        np.divide(alpha, p if beta == 2.0 else np.power(p, beta - 1.0), out=w)
+        w += p
+        np.sqrt(w, out=w)
+        np.divide(g, w, out=w)
+    if not (beta > 1.0 and alpha > 0):  # otherwise p = 0 or G = 0 already gives w = 0
+        w[(g == 0) | (p == 0)] = 0.0
+    return w
+
+
+def _smallest(keys: F64, count: int, exact_keys: Callable[[], F64]) -> I64:
+    """The set np.argsort(exact_keys())[:count] - the indices the published fix-up moves - from
+    a partition of `keys` (equal to exact_keys() up to the sign of zero), without a full sort
+    unless a tie straddles the cut (then argsort itself decides, on the published keys, bit for
+    bit). Keys are rounding residuals, spread over [-0.5, 0.5]: a pre-cut keeps the partition
+    small. The order inside the set does not matter: every index gets the same +-1."""
     if count >= keys.size:
-        return np.argsort(keys)
+        return np.argsort(exact_keys())
     pool = np.flatnonzero(keys <= -0.5 + 8.0 * (count + 1) / keys.size)
     if pool.size <= count:  # the pre-cut was too tight for this spread
         pool = np.arange(keys.size)
@@ -630,7 +724,21 @@ def _first_indices(keys: F64, count: int) -> I64:
     head = part[:count]
     if bool((keys[head] < cut).all()):
         return head
-    return np.argsort(keys)[:count]
+    return np.argsort(exact_keys())[:count]
+
+
+def _largest(sizes: F64, count: int, exact_sizes: Callable[[], I64]) -> I64:
+    """The set np.argsort(exact_sizes())[::-1][:count] - the prompts the published trainer pads
+    first - by a partition when the count-th and (count+1)-th largest sizes differ; when they are
+    tied, argsort's order among equal sizes decides (unstable, and reversed by [::-1]), so the
+    full argsort of the published int64 sizes runs."""
+    m = sizes.size
+    if count == 0:
+        return np.empty(0, np.intp)
+    part = np.partition(sizes, (m - count - 1, m - count))
+    if part[m - count - 1] < part[m - count]:
+        return np.flatnonzero(sizes >= part[m - count])
+    return np.argsort(exact_sizes())[::-1][:count]
 
 
 def _gvm_paper(estimates: Estimates, budget: int, params: AllocationParams) -> AllocationPlan:
@@ -651,64 +759,107 @@ def _gvm_paper(estimates: Estimates, budget: int, params: AllocationParams) -> A
     m = p.size
     N = budget
     alpha, beta = params.alpha, params.beta
-    with np.errstate(divide="ignore", invalid="ignore"):
-        # p^(beta-1) is p itself for the default beta = 2 (pow(p, 1.0) == p exactly)
-        w = np.divide(alpha, p if beta == 2.0 else np.power(p, beta - 1.0))
-        w += p
-        np.sqrt(w, out=w)
-        np.divide(g, w, out=w)
-    if not (beta > 1.0 and alpha > 0):  # otherwise p = 0 or G = 0 already gives w = 0
-        w[(g == 0) | (p == 0)] = 0.0
-    total_w = _sequential_sum(w)
-    ratios = w / total_w if total_w != 0 else w.copy()
+    ratios = _paper_weights(p, g, alpha, beta)  # w for now, divided in place below
+    uniform_variance = _even_objective(ratios, N)  # before w is overwritten
+    total_w = _sequential_sum(ratios)
+    if total_w != 0:  # else every w is 0
+        ratios /= total_w
     if params.filter_threshold:
         ratios[p > params.filter_threshold] = 0.0
     if params.filter_insufficient:
         ratios[~(p * ratios * N >= params.filter_insufficient)] = 0.0
     total_r = _sequential_sum(ratios)
     if total_r == 0:
-        ints = _even(m, N)
+        rounded = _even(m, N).astype(np.float64)
         ratios = np.full(m, 1.0 / m)
         codes = np.full(m, _GVM, np.int8)
     else:
         ratios /= total_r
-        scaled = ratios * N
-        rounded = np.rint(scaled)  # np.round's half-to-even
-        error = N - int(rounded.sum())
-        if error != 0:
-            # residuals (negated when short: the fix-up takes the smallest keys first)
-            if error > 0:
-                keys = np.subtract(rounded, scaled, out=scaled)
-            else:
-                keys = np.subtract(scaled, rounded, out=scaled)
-            rounded[_first_indices(keys, abs(error))] += 1 if error > 0 else -1
-        ints = rounded.astype(np.int64)
-        codes = (ratios == 0).view(np.int8) * np.int8(_FILTERED)  # dropped, or weight 0
-    deficit = -int(ints.sum()) % params.align_to
+        rounded = _round_to_budget(ratios, N)
+        codes = np.equal(ratios, 0.0).view(np.int8)  # dropped, or weight 0
+        codes *= np.int8(_FILTERED)
+    ints = np.empty(m, np.int64)
+    np.copyto(ints, rounded, casting="unsafe")  # whole numbers: exact
+    deficit = -N % params.align_to  # sum(ints) == N here
     if deficit:
-        order = np.argsort(ints)[::-1]
         rounds, rest = divmod(deficit, m)
+        first = _largest(rounded, rest, lambda: ints)  # the order before any padding
+        rounded += rounds
         ints += rounds
-        ints[order[:rest]] += 1
-    np.multiply(w, w, out=w)  # the regularised cost G^2 / (p + alpha p^(1 - beta))
+        rounded[first] += 1.0
+        ints[first] += 1
+    if total_r == 0 or deficit:  # zero-ratio prompts may hold samples: use the true weights
+        w = _paper_weights(p, g, alpha, beta)
+        predicted = objective(np.square(w, out=w), ints)
+    else:  # w_i = r_i * total_w * total_r up to rounding; zero ratios hold no samples
+        predicted = _ratio_objective(ratios, rounded) * (total_w * total_r) ** 2
     return AllocationPlan(
         samples=ints,
         weights=ratios,
         reason_codes=codes,
-        total=int(ints.sum()),
+        total=int(N + deficit),
         budget=budget,
-        predicted_variance=objective(w, ints, scratch=scaled if total_r != 0 else None),
-        uniform_variance=_even_objective(w, N),
+        predicted_variance=predicted,
+        uniform_variance=uniform_variance,
     )
 
 
-def _even_objective(cost: F64, total: int) -> float:
-    """objective(cost, _even(m, total)) without building the split: v + 1 for the first
-    total % m prompts, v = total // m for the others (left out when 0)."""
-    m = cost.size
+def _round_to_budget(ratios: F64, N: int) -> F64:
+    """The published rounding as floats: rint(r N), then +1 on the |error| largest residuals
+    if short, -1 on the |error| most negative ones if over (the published argsort's set)."""
+    rounded = np.multiply(ratios, N)
+    np.rint(rounded, out=rounded)
+    error = N - _whole_sum(rounded)
+    if error == 0:
+        return rounded
+
+    def published_keys() -> F64:  # bit for bit: -(scaled - ints) if short, else scaled - ints
+        residuals = np.multiply(ratios, N) - rounded
+        return np.negative(residuals, out=residuals) if error > 0 else residuals
+
+    keys = np.multiply(ratios, N)
+    if error > 0:  # -(scaled - rounded), but for the sign of zero
+        np.subtract(rounded, keys, out=keys)
+    else:
+        np.subtract(keys, rounded, out=keys)
+    rounded[_smallest(keys, abs(error), published_keys)] += 1.0 if error > 0 else -1.0
+    return rounded
+
+
+def _whole_sum(values: F64) -> int:
+    """The exact sum of nonnegative whole numbers held as floats."""
+    total = float(values.sum())  # exact in any order below 2^53
+    return int(total) if total < _TWO_53 else int(values.astype(np.int64).sum())
+
+
+_OBJECTIVE_CHUNK = 1 << 14
+
+
+def _ratio_objective(ratios: F64, rounded: F64) -> float:
+    """sum_i r_i^2 / n_i over prompts with n_i > 0 (n: whole numbers as floats), in cache-sized
+    chunks: J up to the factor (sum w)^2 when w is proportional to r."""
+    size = min(ratios.size, _OBJECTIVE_CHUNK)
+    below = np.empty(size)
+    above = np.empty(size)
+    total = 0.0
+    for start in range(0, ratios.size, size):
+        r = ratios[start : start + size]
+        n = rounded[start : start + size]
+        hi = np.maximum(n, 1.0, out=above[: r.size])
+        lo = np.minimum(n, 1.0, out=below[: r.size])  # 0 or 1: is n > 0
+        np.divide(lo, hi, out=lo)
+        lo *= r
+        total += float(np.einsum("i,i->", lo, r))
+    return total
+
+
+def _even_objective(w: F64, total: int) -> float:
+    """objective(w^2, _even(m, total)) without building the split or squaring w: v + 1 for
+    the first total % m prompts, v = total // m for the others (left out when 0)."""
+    m = w.size
     v, extra = divmod(total, m)
-    head = float(cost[:extra].sum())
-    rest = float(cost.sum()) - head
+    head = float(np.einsum("i,i->", w[:extra], w[:extra]))
+    rest = float(np.einsum("i,i->", w[extra:], w[extra:])) if v else 0.0
     return head / (v + 1) + (rest / v if v else 0.0)
 
 

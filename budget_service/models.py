@@ -53,6 +53,11 @@ class Answer(BaseModel):
 
 FiniteNonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 MAX_GRAD_NORM = 1e15  # keeps sums of many reports finite in float64
+# Config ranges inside which the estimates and the allocation stay finite for any statistics
+# (checked by a property test of the engine over these ranges); far beyond any useful value.
+MIN_ALPHA, MAX_ALPHA = 1e-9, 1e6
+MAX_BETA = 100.0
+MIN_STRENGTH, MAX_STRENGTH = 1e-3, 1e9
 GradNorm = Annotated[float, Field(ge=0, le=MAX_GRAD_NORM, allow_inf_nan=False)]
 
 
@@ -73,8 +78,16 @@ class RunConfig(WireModel):
         description="gvm: our optimum with estimates and bounds; gvm-paper: the published "
         "algorithm's integers; uniform: budget split evenly.",
     )
-    alpha: FiniteNonNegative = Field(default=_DEFAULTS.alpha, description="Regulariser alpha.")
-    beta: FiniteNonNegative = Field(default=_DEFAULTS.beta, description="Regulariser beta.")
+    alpha: FiniteNonNegative = Field(
+        default=_DEFAULTS.alpha,
+        le=MAX_ALPHA,
+        description=f"Regulariser alpha (>= {MIN_ALPHA:g} unless strategy is gvm-paper).",
+    )
+    beta: FiniteNonNegative = Field(
+        default=_DEFAULTS.beta,
+        le=MAX_BETA,
+        description="Regulariser beta (>= 1 unless strategy is gvm-paper).",
+    )
     min_samples: int = Field(default=_DEFAULTS.min_samples, ge=0, description="Per-prompt floor.")
     max_samples: int | None = Field(
         default=_DEFAULTS.max_samples, ge=1, description="Per-prompt cap; null = none."
@@ -97,7 +110,9 @@ class RunConfig(WireModel):
     )
     prior_strength: FiniteNonNegative = Field(
         default=_DEFAULTS.prior_strength,
-        description="Pseudo-samples of the prior toward the run's pooled rates (0 = raw ratios).",
+        le=MAX_STRENGTH,
+        description="Pseudo-samples of the prior toward the run's pooled rates (0 = raw ratios; "
+        f"else >= {MIN_STRENGTH:g}).",
     )
     half_life_steps: float | None = Field(
         default=_DEFAULTS.half_life_steps,
@@ -119,7 +134,9 @@ class RunConfig(WireModel):
     )
     grad_prior_strength: FiniteNonNegative = Field(
         default=_DEFAULTS.grad_prior_strength,
-        description="Pseudo-norms pulling a prompt's gradient norm toward the run's pooled mean.",
+        le=MAX_STRENGTH,
+        description="Pseudo-norms pulling a prompt's gradient norm toward the run's pooled mean "
+        f"(0 = off; else >= {MIN_STRENGTH:g}).",
     )
 
     @field_validator("max_samples")
@@ -128,6 +145,28 @@ class RunConfig(WireModel):
         low = info.data.get("min_samples")
         if value is not None and low is not None and low > value:
             raise PydanticCustomError("min_le_max", "must be >= min_samples ({low})", {"low": low})
+        return value
+
+    @field_validator("alpha")
+    @classmethod
+    def _alpha_for_strategy(cls, value: float, info: ValidationInfo) -> float:
+        strategy = info.data.get("strategy")
+        if value < MIN_ALPHA and strategy not in (None, "gvm-paper"):
+            raise PydanticCustomError(
+                "alpha_min",
+                "must be >= {low} for strategy {strategy} (the expected cost of a rarely "
+                "solved prompt grows like 1/alpha); only gvm-paper takes alpha = 0",
+                {"low": MIN_ALPHA, "strategy": strategy},
+            )
+        return value
+
+    @field_validator("prior_strength", "grad_prior_strength")
+    @classmethod
+    def _strength_off_or_min(cls, value: float) -> float:
+        if 0 < value < MIN_STRENGTH:
+            raise PydanticCustomError(
+                "strength_min", "must be 0 (off) or >= {low}", {"low": MIN_STRENGTH}
+            )
         return value
 
     @field_validator("beta")

@@ -20,18 +20,22 @@ been answered, or the test fails (a fuzzer that silently generates nothing prove
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import hypothesis
 import pytest
 import requests
 import schemathesis
+from redis import Redis
 from schemathesis import Case
 from schemathesis.config import SchemathesisConfig
 from schemathesis.core.failures import Failure
 from schemathesis.core.transport import Response
 
+from budget_service.embedded import LocalRedis
 from budget_service.models import ErrorResponse
 from budget_service.openapi import COMMITTED
 
@@ -59,6 +63,8 @@ CROSS_FIELD_RULES = frozenset(
         "norms_le_accepted",  # at most `accepted` norms
         "min_le_max",  # config: min_samples <= max_samples
         "beta_ge_1",  # config: beta >= 1 unless strategy is gvm-paper
+        "alpha_min",  # config: alpha >= 1e-9 unless strategy is gvm-paper
+        "strength_min",  # config: a prior strength is 0 or >= 1e-3
         "infeasible_budget",  # the budget cannot meet the run's bounds
         "int_type",  # 8.0 for an integer field: JSON Schema calls it an integer, we are strict
     }
@@ -66,15 +72,23 @@ CROSS_FIELD_RULES = frozenset(
 
 
 class RequestCounter:
-    """Counts every answered request made through `session` (checks' extra requests too)."""
+    """Counts every answered request made through `session` (checks' extra requests too), by
+    status code, and the reports and allocations that went through."""
 
     def __init__(self) -> None:
-        self.count = 0
+        self.statuses: Counter[int] = Counter()
+        self.applied: Counter[str] = Counter()  # "observations" / "allocations" answered 200
         self.session = requests.Session()
         self.session.hooks["response"].append(self._hook)
 
+    @property
+    def count(self) -> int:
+        return self.statuses.total()
+
     def _hook(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
-        self.count += 1
+        self.statuses[response.status_code] += 1
+        if response.status_code == 200 and response.request.method == "POST":
+            self.applied[urlsplit(response.url).path.rsplit("/", 1)[-1]] += 1
 
 
 COUNTER = RequestCounter()
@@ -116,12 +130,19 @@ def schema_valid_is_accepted(ctx: Any, response: Response, case: Case) -> bool |
 
 
 @pytest.fixture(scope="module")
-def fuzz_service(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def fuzz_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private Redis: the stateful phase empties it before every scenario."""
+    with LocalRedis(tmp_path_factory.mktemp("fuzz-redis")) as server:
+        yield server.url
+
+
+@pytest.fixture(scope="module")
+def fuzz_service(fuzz_redis: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A service with auth on; it must serve exactly the schema being fuzzed."""
     from conftest import ServiceProcess, service_env
 
     service = ServiceProcess(
-        service_env(redis_url, GVM_API_TOKENS=TOKEN),
+        service_env(fuzz_redis, GVM_API_TOKENS=TOKEN),
         tmp_path_factory.mktemp("fuzz") / "service.log",
     )
     service.start()
@@ -165,10 +186,16 @@ def test_every_operation(case: Case, fuzz_service: str) -> None:
     case.call_and_validate(base_url=fuzz_service, session=COUNTER.session)
 
 
-def test_stateful_links(fuzz_service: str) -> None:
-    """create run -> report -> allocate -> read back, following the schema's links."""
+def test_stateful_links(fuzz_service: str, fuzz_redis: str) -> None:
+    """create run -> report -> allocate -> read back, following the schema's links. Every
+    scenario starts from an empty Redis, so a scenario replays the same way when Hypothesis
+    shrinks it."""
+    redis = Redis.from_url(fuzz_redis)
 
     class Workflow(schema.as_state_machine()):  # type: ignore[misc]
+        def setup(self) -> None:
+            redis.flushdb()
+
         def get_call_kwargs(self, case: Case) -> dict[str, Any]:
             return {"base_url": fuzz_service, "session": COUNTER.session}
 
@@ -182,8 +209,15 @@ def test_stateful_links(fuzz_service: str) -> None:
             database=None,
         )
     )
+    redis.close()
 
 
 def test_enough_requests_were_made() -> None:
-    """Runs last in this module: the fuzzing above really sent >= MIN_REQUESTS requests."""
+    """Runs last in this module: the fuzzing above really sent >= MIN_REQUESTS requests, none
+    was a 5xx, and reports and allocations were really applied (the links reached them)."""
+    print(f"\nfuzz: {COUNTER.count} requests, by status {sorted(COUNTER.statuses.items())}, "
+          f"applied {dict(COUNTER.applied)}")  # fmt: skip
     assert COUNTER.count >= MIN_REQUESTS, COUNTER.count
+    assert not [status for status in COUNTER.statuses if status >= 500]
+    assert COUNTER.applied["observations"] > 0
+    assert COUNTER.applied["allocations"] > 0
