@@ -434,7 +434,7 @@ def _threshold(c: F64, lo: F64 | float, hi: F64 | float, total: int) -> tuple[I6
         c_band, k_low, k_high, where = c, low.k, high.k, None
     need = total - low.f
     if need == 0:
-        return sure, math.exp(low.x)
+        return sure, _exp(low.x)
 
     # The units between the two ends: pick the `need` best exactly, by (gain desc, k asc,
     # index asc) - a partition on the gain, then an ordering of the ties at the cut only.
@@ -462,7 +462,15 @@ def _threshold(c: F64, lo: F64 | float, hi: F64 | float, total: int) -> tuple[I6
         sure += extra
     else:
         sure[where] += extra
-    return sure, float(1.0 / gain[pick].min())
+    last_gain = float(gain[pick].min())  # 0 when a subnormal cost's gain underflows
+    return sure, 1.0 / last_gain if last_gain > 0 else math.inf
+
+
+_EXP_MAX = 700.0  # math.exp overflows past ~709.78; c e^x with x up to 1400 covers any c > 0
+
+
+def _exp(x: float) -> float:
+    return math.exp(x) if x < _EXP_MAX else math.inf
 
 
 @dataclass(frozen=True, slots=True)
@@ -478,7 +486,13 @@ def _counter(c: F64, lo: F64 | float, hi: F64 | float, offset: int) -> Callable[
     """x -> F(x): offset + sum clip(floor(1/2 + sqrt(1/4 + c e^x)), lo, hi), with the counts."""
 
     def count(x: float) -> _End:
-        k = np.multiply(c, math.exp(x))
+        if x < _EXP_MAX:
+            k = np.multiply(c, math.exp(x))
+        else:  # e^x overflows, c e^x need not (a tiny c is the only prompt left free)
+            half = math.exp(0.5 * min(x, 2.0 * _EXP_MAX))
+            with np.errstate(over="ignore"):
+                k = np.multiply(c, half)
+                k *= half
         k += 0.25
         np.sqrt(k, out=k)
         k += 0.5
@@ -599,7 +613,7 @@ def _value_counts(values: I64) -> tuple[I64, I64]:
 
 # --- gvm-paper: the published rule ----------------------------------------------------------------
 
-# Exact sequential sums (see _sequential_sum): the first _SEQ_HEAD values go through the plain
+# Exact sequential sums (see _sequential_add): the first _SEQ_HEAD values go through the plain
 # chain; then chunks of _SEQ_CHUNK values at a time, located to _SEQ_BLOCK values when the running
 # sum leaves its binade; more than _SEQ_MAX_TIES halfway cases in a chunk: the plain chain.
 _SEQ_HEAD = 1 << 13
@@ -619,9 +633,24 @@ def _accumulate(values: F64, carry: float) -> float:
     return float(run[-1])
 
 
-def _sequential_sum(values: F64) -> float:
-    """Python's left-to-right `sum` (the published code's), bit for bit, not numpy's pairwise
-    sum - without a chain of one dependent addition per value where it can be avoided.
+def _stream_sum(
+    s: float, values: F64, position: int, scratch: F64, *, clean: bool = False
+) -> float:
+    """s + the next values of Python's left-to-right `sum` (the published code's), bit for
+    bit, when it has taken `position` values so far: the first _SEQ_HEAD values of a sum go
+    through the plain chain (the running sum changes binade often while it is small), the rest
+    through _sequential_add."""
+    if position < _SEQ_HEAD:
+        head = min(values.size, _SEQ_HEAD - position)
+        s = _accumulate(values[:head], s)
+        values = values[head:]
+    return _sequential_add(s, values, scratch, clean=clean)
+
+
+def _sequential_add(s: float, values: F64, scratch: F64, *, clean: bool = False) -> float:
+    """s + values[0] + values[1] + ..., left to right as Python's `sum` (the published
+    code's) adds, bit for bit, not numpy's pairwise sum - without a chain of one dependent
+    addition per value where it can be avoided.
 
     While the running sum s stays in one binade [2^e, 2^(e+1)), every float there (s included)
     is a multiple of u = 2^(e-52), so for x >= 0: fl(s + x) = s + rint(x/u) u, except when x/u
@@ -631,18 +660,17 @@ def _sequential_sum(values: F64) -> float:
     would have ended at s + t u, exactly. Halfway values are resolved in order with the running
     parity; where s leaves its binade, the chunk is kept up to the block before the crossing and
     the plain chain carries s across. Negative or non-finite values: the plain chain throughout.
-    Checked against np.add.accumulate in tests/test_allocation_paper.py.
+    `scratch`: 2 * _SEQ_CHUNK floats; `clean`: the caller knows no value is negative or NaN
+    (inf is fine). Checked against np.add.accumulate in
+    tests/test_allocation_paper.py.
     """
     n = values.size
-    head = min(n, _SEQ_HEAD)
-    s = _accumulate(values[:head], 0.0)
-    if head == n:
+    if n == 0:
         return s
-    if not values[head:].min() >= 0.0:  # negative or NaN
-        return _accumulate(values[head:], s)
-    q_buf = np.empty(_SEQ_CHUNK)
-    r_buf = np.empty(_SEQ_CHUNK)
-    i = head
+    if not (clean or values.min() >= 0.0):  # negative or NaN
+        return _accumulate(values, s)
+    q_buf, r_buf = scratch[:_SEQ_CHUNK], scratch[_SEQ_CHUNK:]
+    i = 0
     with np.errstate(over="ignore", invalid="ignore"):  # inf: caught by the crossing test
         while i < n:
             if not math.isfinite(s):
@@ -693,10 +721,10 @@ def _sequential_sum(values: F64) -> float:
     return s
 
 
-def _paper_weights(p: F64, g: F64, alpha: float, beta: float) -> F64:
-    """w = G / sqrt(p + alpha / p^(beta - 1)), 0 where p or G is 0: element for element the
-    published loop's numbers (the same IEEE operations in the same order)."""
-    w = np.empty(p.shape)
+def _paper_weights(p: F64, g: F64, alpha: float, beta: float, out: F64) -> F64:
+    """w = G / sqrt(p + alpha / p^(beta - 1)) into `out`, 0 where p or G is 0: element for
+    element the published loop's numbers (the same IEEE operations in the same order)."""
+    w = out
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         # beta = 2: pow(p, 1.0) is p itself, exactly (tested), so it is skipped
         np.divide(alpha, p if beta == 2.0 else np.power(p, beta - 1.0), out=w)
@@ -708,37 +736,39 @@ def _paper_weights(p: F64, g: F64, alpha: float, beta: float) -> F64:
     return w
 
 
-def _smallest(keys: F64, count: int, exact_keys: Callable[[], F64]) -> I64:
-    """The set np.argsort(exact_keys())[:count] - the indices the published fix-up moves - from
-    a partition of `keys` (equal to exact_keys() up to the sign of zero), without a full sort
-    unless a tie straddles the cut (then argsort itself decides, on the published keys, bit for
-    bit). Keys are rounding residuals, spread over [-0.5, 0.5]: a pre-cut keeps the partition
-    small. The order inside the set does not matter: every index gets the same +-1."""
-    if count >= keys.size:
-        return np.argsort(exact_keys())
-    pool = np.flatnonzero(keys <= -0.5 + 8.0 * (count + 1) / keys.size)
-    if pool.size <= count:  # the pre-cut was too tight for this spread
-        pool = np.arange(keys.size)
-    part = pool[np.argpartition(keys[pool], count)]
-    cut = keys[part[count]]  # the (count+1)-th smallest; everything after it is >= cut
-    head = part[:count]
-    if bool((keys[head] < cut).all()):
-        return head
-    return np.argsort(exact_keys())[:count]
+def _fix_up(residuals: F64, count: int, short: bool) -> I64:
+    """The prompts the published fix-up moves: np.argsort(keys)[:count] as a set, keys =
+    -residuals when short, else residuals (residuals = scaled - rounded, bit for bit the
+    published ones), without a full sort unless a tie straddles the cut (then argsort itself
+    decides, on the published keys). Residuals spread over [-0.5, 0.5]: a pre-cut keeps the
+    partition small. The order inside the set does not matter: every index gets the same
+    +-1."""
+    bar = 0.5 - 8.0 * (count + 1) / residuals.size
+    pool = np.flatnonzero(residuals >= bar if short else residuals <= -bar)
+    if count < pool.size:  # else the pre-cut was too tight for this spread
+        keys = residuals[pool]
+        if short:
+            np.negative(keys, out=keys)
+        part = np.argpartition(keys, count)
+        cut = keys[part[count]]  # the (count+1)-th smallest; everything after it is >= cut
+        head = part[:count]
+        if bool((keys[head] < cut).all()):  # and every key outside the pool is above cut
+            return pool[head]
+    return np.argsort(np.negative(residuals) if short else residuals)[:count]
 
 
-def _largest(sizes: F64, count: int, exact_sizes: Callable[[], I64]) -> I64:
-    """The set np.argsort(exact_sizes())[::-1][:count] - the prompts the published trainer pads
-    first - by a partition when the count-th and (count+1)-th largest sizes differ; when they are
-    tied, argsort's order among equal sizes decides (unstable, and reversed by [::-1]), so the
-    full argsort of the published int64 sizes runs."""
+def _largest(sizes: I64, count: int) -> I64:
+    """The set np.argsort(sizes)[::-1][:count] - the prompts the published trainer pads
+    first - by a partition when the count-th and (count+1)-th largest sizes differ; when they
+    are tied, argsort's order among equal sizes decides (unstable, and reversed by [::-1]), so
+    the full argsort runs."""
     m = sizes.size
     if count == 0:
         return np.empty(0, np.intp)
     part = np.partition(sizes, (m - count - 1, m - count))
     if part[m - count - 1] < part[m - count]:
         return np.flatnonzero(sizes >= part[m - count])
-    return np.argsort(exact_sizes())[::-1][:count]
+    return np.argsort(sizes)[::-1][:count]
 
 
 def _gvm_paper(estimates: Estimates, budget: int, params: AllocationParams) -> AllocationPlan:
@@ -753,46 +783,101 @@ def _gvm_paper(estimates: Estimates, budget: int, params: AllocationParams) -> A
     align_to: +1 per prompt in np.argsort(n)[::-1] order, cycling.
     Bounds and exploration do not apply. If every ratio is 0 (the published code divides by
     zero) the budget is split evenly.
+
+    Three passes over the prompts, each in _SEQ_CHUNK pieces that stay in cache while every
+    step of the pass runs on them: (1) the range check, weights and their sequential sum (and
+    the even split's objective when filters drop weights); (2) ratios, filters and their
+    sequential sum; (3) final ratios, rounding, residuals and reasons. The fix-up looks only at
+    residuals near +-0.5; both objectives come from r^2 (w^2 up to a constant factor) in one
+    more pass and a scatter per sample count.
     """
     p = estimates.p_hat
     g = estimates.g_hat
     m = p.size
     N = budget
     alpha, beta = params.alpha, params.beta
-    ratios = _paper_weights(p, g, alpha, beta)  # w for now, divided in place below
-    uniform_variance = _even_objective(ratios, N)  # before w is overwritten
-    total_w = _sequential_sum(ratios)
-    if total_w != 0:  # else every w is 0
-        ratios /= total_w
-    if params.filter_threshold:
-        ratios[p > params.filter_threshold] = 0.0
-    if params.filter_insufficient:
-        ratios[~(p * ratios * N >= params.filter_insufficient)] = 0.0
-    total_r = _sequential_sum(ratios)
-    if total_r == 0:
-        rounded = _even(m, N).astype(np.float64)
+    if g.shape != p.shape:
+        _validate(estimates)  # raises
+    chunk = _SEQ_CHUNK
+    scratch = np.empty(2 * chunk)  # the sums' buffers in passes 1 and 2, pass 3's after
+    ratios = np.empty(m)  # w for now, divided in place below
+    v, extra = divmod(N, m)  # the even split: v + 1 for the first `extra` prompts, v after
+    clean = alpha > 0 and beta > 1.0  # then every w is in [0, inf]: no NaN (see _paper_weights)
+    threshold, insufficient = params.filter_threshold, params.filter_insufficient
+    filtering = bool(threshold or insufficient)  # else w is r times a constant, for every prompt
+    total_w = head_sq = rest_sq = 0.0
+    for start in range(0, m, chunk):
+        end = min(start + chunk, m)
+        p_part, g_part = p[start:end], g[start:end]
+        in_range = p_part.min() >= 0.0 and p_part.max() <= 1.0  # NaN fails both
+        if not (in_range and g_part.min() >= 0.0 and g_part.max() < math.inf):
+            _validate(estimates)  # raises, naming the first bad entry
+        w = _paper_weights(p_part, g_part, alpha, beta, ratios[start:end])
+        total_w = _stream_sum(total_w, w, start, scratch, clean=clean)
+        if filtering:  # the even split's objective needs the weights the filters drop
+            cut = min(max(extra - start, 0), end - start)
+            head_sq += _dot(w[:cut], w[:cut])
+            rest_sq += _dot(w[cut:], w[cut:])
+
+    clean = clean and math.isfinite(total_w)  # w / total_w: no inf / inf
+    total_r = 0.0
+    for start in range(0, m, chunk):
+        r = ratios[start : start + chunk]
+        if total_w != 0:  # else every w is 0
+            r /= total_w
+        if threshold:
+            r[p[start : start + chunk] > threshold] = 0.0
+        if insufficient:
+            r[~(p[start : start + chunk] * r * N >= insufficient)] = 0.0
+        total_r = _stream_sum(total_r, r, start, scratch, clean=clean)
+
+    deficit = -N % params.align_to  # the trainer's padding, after the fix-up
+    scale = (total_w * total_r) ** 2  # w_i^2 = r_i^2 * scale up to rounding where r_i > 0
+    predicted = math.nan  # unless set below: from the true weights, at the end
+    if total_r == 0:  # every w is 0 (then so is the even split's objective) or filtered
+        ints = _even(m, N)
         ratios = np.full(m, 1.0 / m)
         codes = np.full(m, _GVM, np.int8)
     else:
-        ratios /= total_r
-        rounded = _round_to_budget(ratios, N)
-        codes = np.equal(ratios, 0.0).view(np.int8)  # dropped, or weight 0
+        ints = np.empty(m, np.int64)
+        codes = np.empty(m, np.int8)
+        residuals = np.empty(m)
+        whole = 0.0
+        for start in range(0, m, chunk):
+            end = min(start + chunk, m)
+            r = ratios[start:end]
+            r /= total_r
+            scaled = np.multiply(r, N, out=scratch[: end - start])
+            rounded = np.rint(scaled, out=scratch[chunk : chunk + end - start])
+            whole += float(rounded.sum())  # whole numbers: exact below 2^53
+            np.copyto(ints[start:end], rounded, casting="unsafe")  # whole numbers: exact
+            np.equal(r, 0.0, out=codes[start:end].view(np.bool_))  # dropped, or weight 0
+            np.subtract(scaled, rounded, out=residuals[start:end])
+        error = N - (int(whole) if whole < _TWO_53 else int(ints.sum()))
+        # J from the ratios holds while every prompt with samples has its weight in them: no
+        # padding, and no filtered prompt (r = 0, w > 0) or negative count from the fix-up
+        from_ratios = deficit == 0
+        if error:
+            moved = _fix_up(residuals, abs(error), error > 0)
+            ints[moved] += 1 if error > 0 else -1
+            from_ratios = from_ratios and int(ints[moved].min()) >= 0
+            from_ratios = from_ratios and not (filtering and bool((ratios[moved] == 0).any()))
         codes *= np.int8(_FILTERED)
-    ints = np.empty(m, np.int64)
-    np.copyto(ints, rounded, casting="unsafe")  # whole numbers: exact
-    deficit = -N % params.align_to  # sum(ints) == N here
+        squares = np.multiply(ratios, ratios, out=residuals)  # the residuals are spent
+        if not filtering:
+            head_sq = float(squares[:extra].sum()) * scale
+            rest_sq = float(squares[extra:].sum()) * scale
+        if from_ratios:
+            predicted = _per_count_objective(squares, ints) * scale
+    uniform_variance = head_sq / (v + 1) + (rest_sq / v if v else 0.0)  # n = 0: left out
     if deficit:
         rounds, rest = divmod(deficit, m)
-        first = _largest(rounded, rest, lambda: ints)  # the order before any padding
-        rounded += rounds
+        first = _largest(ints, rest)  # the order before any padding
         ints += rounds
-        rounded[first] += 1.0
         ints[first] += 1
-    if total_r == 0 or deficit:  # zero-ratio prompts may hold samples: use the true weights
-        w = _paper_weights(p, g, alpha, beta)
+    if math.isnan(predicted):  # zero-ratio prompts may hold samples: use the true weights
+        w = _paper_weights(p, g, alpha, beta, np.empty(m))
         predicted = objective(np.square(w, out=w), ints)
-    else:  # w_i = r_i * total_w * total_r up to rounding; zero ratios hold no samples
-        predicted = _ratio_objective(ratios, rounded) * (total_w * total_r) ** 2
     return AllocationPlan(
         samples=ints,
         weights=ratios,
@@ -804,63 +889,20 @@ def _gvm_paper(estimates: Estimates, budget: int, params: AllocationParams) -> A
     )
 
 
-def _round_to_budget(ratios: F64, N: int) -> F64:
-    """The published rounding as floats: rint(r N), then +1 on the |error| largest residuals
-    if short, -1 on the |error| most negative ones if over (the published argsort's set)."""
-    rounded = np.multiply(ratios, N)
-    np.rint(rounded, out=rounded)
-    error = N - _whole_sum(rounded)
-    if error == 0:
-        return rounded
-
-    def published_keys() -> F64:  # bit for bit: -(scaled - ints) if short, else scaled - ints
-        residuals = np.multiply(ratios, N) - rounded
-        return np.negative(residuals, out=residuals) if error > 0 else residuals
-
-    keys = np.multiply(ratios, N)
-    if error > 0:  # -(scaled - rounded), but for the sign of zero
-        np.subtract(rounded, keys, out=keys)
-    else:
-        np.subtract(keys, rounded, out=keys)
-    rounded[_smallest(keys, abs(error), published_keys)] += 1.0 if error > 0 else -1.0
-    return rounded
+def _per_count_objective(squares: F64, counts: I64) -> float:
+    """sum_i squares_i / counts_i over counts_i > 0, counts >= 0: the squares summed per count,
+    then each sum divided once (counts are small integers: one scatter pass instead of a
+    division per prompt); `objective` when the counts run high."""
+    if int(counts.max()) > 4 * counts.size + 64:
+        return objective(squares, counts)
+    per_count = np.asarray(np.bincount(counts, weights=squares), dtype=np.float64)
+    return _dot(per_count[1:], 1.0 / np.arange(1, per_count.size))
 
 
-def _whole_sum(values: F64) -> int:
-    """The exact sum of nonnegative whole numbers held as floats."""
-    total = float(values.sum())  # exact in any order below 2^53
-    return int(total) if total < _TWO_53 else int(values.astype(np.int64).sum())
-
-
-_OBJECTIVE_CHUNK = 1 << 14
-
-
-def _ratio_objective(ratios: F64, rounded: F64) -> float:
-    """sum_i r_i^2 / n_i over prompts with n_i > 0 (n: whole numbers as floats), in cache-sized
-    chunks: J up to the factor (sum w)^2 when w is proportional to r."""
-    size = min(ratios.size, _OBJECTIVE_CHUNK)
-    below = np.empty(size)
-    above = np.empty(size)
-    total = 0.0
-    for start in range(0, ratios.size, size):
-        r = ratios[start : start + size]
-        n = rounded[start : start + size]
-        hi = np.maximum(n, 1.0, out=above[: r.size])
-        lo = np.minimum(n, 1.0, out=below[: r.size])  # 0 or 1: is n > 0
-        np.divide(lo, hi, out=lo)
-        lo *= r
-        total += float(np.einsum("i,i->", lo, r))
-    return total
-
-
-def _even_objective(w: F64, total: int) -> float:
-    """objective(w^2, _even(m, total)) without building the split or squaring w: v + 1 for
-    the first total % m prompts, v = total // m for the others (left out when 0)."""
-    m = w.size
-    v, extra = divmod(total, m)
-    head = float(np.einsum("i,i->", w[:extra], w[:extra]))
-    rest = float(np.einsum("i,i->", w[extra:], w[extra:])) if v else 0.0
-    return head / (v + 1) + (rest / v if v else 0.0)
+def _dot(a: F64, b: F64) -> float:
+    """sum a_i b_i (einsum: np.dot goes through BLAS, whose threads cost more than they save
+    on cache-sized vectors, by far on a busy machine)."""
+    return float(np.einsum("i,i->", a, b))
 
 
 def _even(m: int, total: int) -> I64:
@@ -961,9 +1003,11 @@ def allocate(estimates: Estimates, budget: int, params: AllocationParams) -> All
         raise InfeasibleBudgetError(
             "the batch is empty: no prompts to allocate to", field="prompts"
         )
-    _validate(estimates)
-    if params.strategy == "gvm-paper":
+    if params.strategy == "gvm-paper":  # checks p_hat and g_hat itself, in cache-sized pieces
+        if estimates.expected_cost is not None:
+            _validate(estimates)
         return _gvm_paper(estimates, budget, params)
+    _validate(estimates)
 
     lower, upper, explore, N = _bounds(estimates, budget, params)
     cost = _plugin_cost(estimates, params)

@@ -72,6 +72,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router)
     install_exception_handlers(app)
     # Added last = outermost: the request id exists before the body limit can answer 413.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        timeout_s=settings.body_timeout_s,
+    )
     app.add_middleware(RequestContextMiddleware)
     return app

@@ -101,7 +101,8 @@ def serve(settings: Settings, host: str, port: int, workers: int) -> None:
             workers=workers,
             access_log=False,  # the app logs one structured line per request
             log_level=settings.log_level,
-            timeout_keep_alive=5,
+            timeout_keep_alive=settings.timeout_keep_alive_s,
+            limit_concurrency=settings.limit_concurrency,
         )
 
 

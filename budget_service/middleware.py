@@ -6,6 +6,7 @@ never buffered.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 import uuid
@@ -27,6 +28,13 @@ class PayloadTooLargeError(HTTPException):
 
     def __init__(self, limit: int) -> None:
         super().__init__(413, f"body larger than GVM_MAX_BODY_BYTES ({limit} bytes)")
+
+
+class BodyTimeoutError(HTTPException):
+    """Raised from `receive` when the body does not arrive in time (a slow or stalled sender)."""
+
+    def __init__(self, limit: float) -> None:
+        super().__init__(408, f"the body did not arrive within {limit:g} s (GVM_BODY_TIMEOUT_S)")
 
 
 class RequestContextMiddleware:
@@ -88,11 +96,14 @@ class RequestContextMiddleware:
 
 
 class BodyLimitMiddleware:
-    """413 before parsing: by Content-Length up front, or while a chunked body streams in."""
+    """413 before parsing: by Content-Length up front, or while a chunked body streams in; 408
+    when the whole body takes longer than `timeout_s` to arrive (uvicorn itself waits forever
+    for a body that trickles in, holding the connection and the request's task)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -110,10 +121,19 @@ class BodyLimitMiddleware:
                 await response(scope, receive, send)
                 return
         received = 0
+        complete = False  # after the last chunk, receive() only waits for a disconnect
+        deadline = asyncio.get_running_loop().time() + self.timeout_s
 
         async def counting_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, complete
+            if complete:
+                return await receive()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                raise BodyTimeoutError(self.timeout_s) from None
+            complete = message["type"] != "http.request" or not message.get("more_body", False)
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:

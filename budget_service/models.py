@@ -200,7 +200,7 @@ def _patch_fields() -> dict[str, Any]:
     RunConfig takes null (the schema then tells clients exactly what a PATCH accepts)."""
     fields: dict[str, Any] = {}
     for name, info in RunConfig.model_fields.items():
-        field = Field(default=None, description=info.description, json_schema_extra=_no_default)
+        field = FieldInfo(default=None, description=info.description, json_schema_extra=_no_default)
         fields[name] = (info.annotation, FieldInfo.merge_field_infos(info, field))
     return fields
 

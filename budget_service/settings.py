@@ -105,6 +105,15 @@ class Settings(BaseSettings):
     max_report_observations: int = Field(default=16_384, ge=1)
     max_allocation_prompts: int = Field(default=65_536, ge=1)
     max_prompt_id_length: int = Field(default=256, ge=1, le=65_536)
+    body_timeout_s: float = Field(
+        default=30.0, gt=0, description="A request body must arrive within this time; else 408."
+    )
+    timeout_keep_alive_s: int = Field(
+        default=5, ge=1, description="`gvm-budget serve`: idle keep-alive connections close."
+    )
+    limit_concurrency: int | None = Field(
+        default=None, ge=1, description="`gvm-budget serve`: 503 beyond this many connections."
+    )
 
     # --- retention -------------------------------------------------------------------------
     report_id_ttl_s: int = Field(

@@ -23,12 +23,11 @@ for `report_id_ttl_s` (by Redis server time) and at most `report_id_max` per run
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, cast
+from typing import Any, Final, TypeVar, cast
 
 import numpy as np
 import redis.asyncio as aioredis
@@ -37,10 +36,13 @@ from redis import exceptions as rex
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.typing import EncodableT
 
 from budget_service.errors import RunNotFoundError, StoreUnavailableError
 from budget_service.estimates import PromptStatistics, RunTotals
 from budget_service.settings import Settings
+
+T = TypeVar("T")
 
 RECORD: Final = np.dtype("<f8")
 RECORD_FIELDS: Final = 5  # samples, accepted, grad_norm_sum, grad_norm_count, last_step
@@ -315,6 +317,12 @@ def _statistics(records: NDArray[np.float64]) -> PromptStatistics:
     )
 
 
+def _closed_transport(exc: RuntimeError) -> bool:
+    """uvloop's error for a write on a transport that is already closed (redis-py expects an
+    OSError there, as the standard event loop would give)."""
+    return "handler is closed" in str(exc)
+
+
 def _unavailable(exc: rex.RedisError) -> bool:
     if isinstance(exc, _UNAVAILABLE_ERRORS):
         return True
@@ -327,6 +335,7 @@ class Store:
     def __init__(self, client: aioredis.Redis | RedisCluster, settings: Settings) -> None:
         self._client = client
         self._deadline = settings.redis_deadline_s
+        self._max_connections = settings.redis_max_connections
         self._report_window_ms = settings.report_id_ttl_s * 1000
         self._report_id_max = settings.report_id_max
         self._ttl_ms = settings.run_ttl_s * 1000
@@ -366,12 +375,27 @@ class Store:
         else:  # the pool was built here, so it is closed here too
             await self._client.aclose(close_connection_pool=True)
 
-    @contextlib.asynccontextmanager
-    async def _guard(self) -> AsyncIterator[None]:
-        """Bound the Redis work of one call and translate outages into StoreUnavailableError."""
+    async def _call(self, command: Callable[[], Awaitable[T]]) -> T:
+        """Run one Redis call within GVM_REDIS_DEADLINE_S; outages become StoreUnavailableError.
+
+        A pooled connection that the peer reset while it sat idle (a Redis restart, a failover,
+        a proxy or firewall dropping idle connections) fails its next command under uvloop with
+        a RuntimeError before a byte is sent, and redis-py has already dropped that connection;
+        so the call runs again, once per pooled connection at most, on a fresh connection.
+        """
         try:
             async with asyncio.timeout(self._deadline):
-                yield
+                for _ in range(self._max_connections):
+                    try:
+                        return await command()
+                    except RuntimeError as exc:
+                        if not _closed_transport(exc):
+                            raise
+                return await command()
+        except RuntimeError as exc:
+            if _closed_transport(exc):
+                raise StoreUnavailableError("Redis closed every pooled connection") from exc
+            raise
         except TimeoutError as exc:
             raise StoreUnavailableError(
                 f"Redis did not answer within {self._deadline:g} s (GVM_REDIS_DEADLINE_S)"
@@ -382,23 +406,22 @@ class Store:
             raise
 
     async def ping(self) -> None:
-        async with self._guard():
-            await self._client.ping()
+        await self._call(self._client.ping)
 
     async def put_run(self, run_id: str, config_json: str, half_life: float | None) -> bool:
         """Create or replace a run's config (statistics kept). True when created."""
-        async with self._guard():
-            created, _ = await self._put_run(
+        created, _ = await self._call(
+            lambda: self._put_run(
                 keys=run_keys(run_id),
                 args=[config_json, _half_life_arg(half_life), _now_ms(), self._ttl_ms],
             )
+        )
         return bool(created)
 
     async def get_run(self, run_id: str) -> RunRecord:
-        async with self._guard():
-            values = await self._client.hmget(
-                run_keys(run_id)[0], ["config", "created_at", "updated_at"]
-            )
+        values = await self._call(
+            lambda: self._client.hmget(run_keys(run_id)[0], ["config", "created_at", "updated_at"])
+        )
         config, created, updated = cast(list[bytes | None], values)
         if config is None or created is None or updated is None:
             raise RunNotFoundError(run_id)
@@ -408,37 +431,38 @@ class Store:
         self, run_id: str, expected: bytes, config_json: str, half_life: float | None
     ) -> bool:
         """Set the config only if it still equals `expected` (PATCH). False: changed meanwhile."""
-        async with self._guard():
-            result = await self._patch_run(
-                keys=run_keys(run_id),
-                args=[expected, config_json, _half_life_arg(half_life), _now_ms(), self._ttl_ms],
-            )
+        args: list[EncodableT] = [
+            expected,
+            config_json,
+            _half_life_arg(half_life),
+            _now_ms(),
+            self._ttl_ms,
+        ]
+        result = await self._call(lambda: self._patch_run(keys=run_keys(run_id), args=args))
         if result[0] == -1:
             raise RunNotFoundError(run_id)
         return bool(result[0] == 1)
 
     async def delete_run(self, run_id: str) -> None:
-        async with self._guard():
-            existed = await self._delete_run(keys=run_keys(run_id))
+        existed = await self._call(lambda: self._delete_run(keys=run_keys(run_id)))
         if not existed:
             raise RunNotFoundError(run_id)
 
     async def apply_report(self, run_id: str, report: Report) -> ReportResult:
         """Apply a whole report atomically, once per report_id (see the module docstring)."""
         numbers = np.ascontiguousarray(report.increments, dtype=RECORD).tobytes()
-        async with self._guard():
-            applied, duplicate = await self._report(
-                keys=run_keys(run_id),
-                args=[
-                    report.report_id,
-                    report.step,
-                    self._report_window_ms,
-                    self._report_id_max,
-                    self._ttl_ms,
-                    numbers,
-                    *_pack_ids(report.prompt_ids),
-                ],
-            )
+        args: list[EncodableT] = [
+            report.report_id,
+            report.step,
+            self._report_window_ms,
+            self._report_id_max,
+            self._ttl_ms,
+            numbers,
+            *_pack_ids(report.prompt_ids),
+        ]
+        applied, duplicate = await self._call(
+            lambda: self._report(keys=run_keys(run_id), args=args)
+        )
         if applied == -1:
             raise RunNotFoundError(run_id)
         return ReportResult(applied=int(applied), duplicate=bool(duplicate))
@@ -446,8 +470,8 @@ class Store:
     async def read_batch(self, run_id: str, prompt_ids: Sequence[str]) -> Snapshot:
         """Config, run totals and the records of `prompt_ids`, as one consistent snapshot."""
         keys = run_keys(run_id)
-        async with self._guard():
-            result = await self._read(keys=keys[:3], args=_pack_ids(prompt_ids))
+        ids = _pack_ids(prompt_ids)
+        result = await self._call(lambda: self._read(keys=keys[:3], args=ids))
         if result is None:
             raise RunNotFoundError(run_id)
         config, totals, records, seen = result
@@ -459,18 +483,20 @@ class Store:
         )
 
     async def save_allocation(self, run_id: str, allocation_json: bytes) -> None:
-        async with self._guard():
-            saved = await self._save_allocation(
+        saved = await self._call(
+            lambda: self._save_allocation(
                 keys=run_keys(run_id), args=[allocation_json, self._ttl_ms]
             )
+        )
         if not saved:
             raise RunNotFoundError(run_id)
 
     async def latest_allocation(self, run_id: str) -> bytes | None:
         """The last allocation's JSON, or None when the run exists but has none yet."""
         run_key, *_, latest_key = run_keys(run_id)
-        async with self._guard():
-            exists, latest = await self._pipeline([("EXISTS", run_key), ("GET", latest_key)])
+        exists, latest = await self._call(
+            lambda: self._pipeline([("EXISTS", run_key), ("GET", latest_key)])
+        )
         if not exists:
             raise RunNotFoundError(run_id)
         return latest  # type: ignore[no-any-return]
@@ -478,15 +504,13 @@ class Store:
     async def counts(self, run_id: str) -> RunCounts:
         """Config, totals, number of prompts and remembered report ids (one round trip)."""
         run_key, stats_key, totals_key, reports_key, _ = run_keys(run_id)
-        async with self._guard():
-            config, totals, prompts, reports = await self._pipeline(
-                [
-                    ("HGET", run_key, "config"),
-                    ("GET", totals_key),
-                    ("HLEN", stats_key),
-                    ("ZCARD", reports_key),
-                ]
-            )
+        commands = [
+            ("HGET", run_key, "config"),
+            ("GET", totals_key),
+            ("HLEN", stats_key),
+            ("ZCARD", reports_key),
+        ]
+        config, totals, prompts, reports = await self._call(lambda: self._pipeline(commands))
         if config is None:
             raise RunNotFoundError(run_id)
         return RunCounts(config, _totals(totals), int(prompts), int(reports))
@@ -498,8 +522,9 @@ class Store:
         stats_key = run_keys(run_id)[1]
         cursor = 0
         while True:
-            async with self._guard():
-                cursor, found = await self._client.hscan(stats_key, cursor, count=page)
+            cursor, found = await self._call(
+                lambda: self._client.hscan(stats_key, cursor, count=page)  # noqa: B023
+            )
             assert isinstance(found, dict)
             if found:
                 yield _statistics(_records(cast(list[bytes], list(found.values()))))

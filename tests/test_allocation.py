@@ -506,3 +506,19 @@ def test_regularised_cost_matches_both_forms_and_the_conventions() -> None:
     assert grid[np.argmax(regularised_cost(grid, 1.0, 1e-3, 2.0))] == pytest.approx(
         math.sqrt(1e-3), abs=1e-4
     )
+
+
+@pytest.mark.parametrize("tiny", [2.2250738585072014e-308, 5e-324, 1e-200])
+def test_a_tiny_cost_left_alone_with_the_remaining_budget(tiny: float) -> None:
+    # Every other c > 0 prompt is capped, so the water level sits at ~1/sqrt(tiny): past the
+    # float range of e^x, while c e^x stays finite (found by hypothesis).
+    cost = np.array([1.0, tiny, 0.0, 0.0])
+    lower, upper = np.ones(4, np.int64), np.full(4, 15, np.int64)
+    assert solve_integer(cost, lower, upper, 20).tolist() == [15, 3, 1, 1]
+    plan = allocate(
+        Estimates(np.full(4, 0.5), np.ones(4), cost, None, (1e-3, 2.0, "raft")),
+        20,
+        AllocationParams(max_samples=15),
+    )
+    assert plan.samples.tolist() == [15, 3, 1, 1]
+    assert plan.reasons[0] == Reason.cap

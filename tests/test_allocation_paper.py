@@ -16,7 +16,15 @@ from types import ModuleType
 import numpy as np
 import pytest
 
-from budget_service.allocation import AllocationParams, Reason, allocate
+from budget_service.allocation import (
+    _SEQ_CHUNK,
+    AllocationParams,
+    InvalidStatisticsError,
+    Reason,
+    _stream_sum,
+    allocate,
+    objective,
+)
 from budget_service.estimates import Estimates
 
 
@@ -163,3 +171,83 @@ def test_same_integers_as_the_published_loop(seed: int) -> None:
         assert plan.samples.tolist() == expected, (trial, kwargs)
         checked += 1
     assert checked > 100
+
+
+def _chain(values: np.ndarray) -> float:
+    """The published `sum`: one rounding per addition, left to right."""
+    return float(np.add.accumulate(np.concatenate(([0.0], values)))[-1])
+
+
+def _hard_sums() -> list[np.ndarray]:
+    """Inputs that exercise every branch of the exact sequential sum: long runs in one binade,
+    many binade crossings, halfway cases (ties) few and many, zeros, a jump past 2^53 ulps,
+    tiny values, inf, NaN and negatives (the plain-chain fallbacks)."""
+    rng = np.random.default_rng(7)
+    n = 200_000  # the head, several chunks, and crossings inside them
+    halves = rng.integers(0, 4, n) * 0.5 + 1e6  # long runs within one binade
+    growing = np.geomspace(1e-3, 1e3, n)  # the running sum crosses ~30 binades
+    jump = rng.random(n)
+    jump[150_000] = 1e30  # one value dwarfing the sum so far
+    # From 2^52 on the running sum's spacing is 1: x + 0.5 is a halfway case whose rounding
+    # depends on the sum's parity. A few per chunk (resolved in order), or many (plain chain).
+    sparse_ties = rng.integers(0, 4, n).astype(np.float64)
+    sparse_ties[0] = 2.0**52 + 1.0
+    sparse_ties[10_001::997] += 0.5
+    many_ties = rng.integers(0, 4, n) + 0.5
+    many_ties[0] = 2.0**52
+    tiny = rng.random(n) * 1e-300
+    tiny[50_000:] *= 1e290  # from near-subnormal to ordinary
+    with_inf = rng.random(n)
+    with_inf[123_456] = np.inf
+    with_nan = rng.random(n)
+    with_nan[99_999] = np.nan
+    signed = rng.standard_normal(n)
+    pilot = rng.lognormal(0.0, 0.5, n) / np.sqrt(rng.integers(0, 9, n) / 8 + 1e-3)
+    pilot[rng.random(n) < 0.3] = 0.0
+    return [halves, growing, jump, sparse_ties, many_ties, tiny, with_inf, with_nan, signed, pilot]
+
+
+@pytest.mark.parametrize("case", range(len(_hard_sums())))
+def test_sequential_sum_is_the_plain_chain_bit_for_bit(case: int) -> None:
+    values = _hard_sums()[case]
+    expected = _chain(values)
+    got = _stream_sum(0.0, values, 0, np.empty(2 * _SEQ_CHUNK))
+    assert got == expected or (np.isnan(got) and np.isnan(expected)), (got, expected)
+    # and streamed in uneven pieces, as gvm-paper feeds it
+    scratch = np.empty(2 * _SEQ_CHUNK)
+    s, position = 0.0, 0
+    for piece in np.array_split(values, [5_000, 5_001, 70_000, 131_072]):
+        s = _stream_sum(s, piece, position, scratch)
+        position += piece.size
+    assert s == expected or (np.isnan(s) and np.isnan(expected)), (s, expected)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"filter_threshold": 0.9, "filter_insufficient": 2.0}, {"align_to": 8}],
+)
+def test_large_batches_give_the_published_integers(kwargs: dict[str, float]) -> None:
+    # several of gvm-paper's chunks: the streamed sums, rounding and fix-up at scale
+    loop_allocation = _published_rule().loop_allocation
+    rng = np.random.default_rng(11)
+    m = 150_000
+    p = rng.binomial(8, rng.beta(0.3, 0.3, m)) / 8
+    g = np.where(p > 0, rng.lognormal(0.0, 0.5, m), 0.0)
+    budget = 8 * m + 3
+    expected = loop_allocation(p.tolist(), g.tolist(), budget, **kwargs)
+    params = AllocationParams(strategy="gvm-paper", **kwargs)  # type: ignore[arg-type]
+    plan = allocate(Estimates.from_rates(p, g), budget, params)
+    assert plan.samples.tolist() == expected
+    c = np.square(g) * p / (np.square(p) + params.alpha)  # c = w^2
+    assert plan.predicted_variance == pytest.approx(objective(c, plan.samples), rel=1e-9)
+    even = np.full(m, budget // m)
+    even[: budget % m] += 1
+    assert plan.uniform_variance == pytest.approx(objective(c, even), rel=1e-9)
+
+
+@pytest.mark.parametrize("field", ["p_hat", "g_hat"])
+def test_bad_values_deep_in_a_large_batch_are_named(field: str) -> None:
+    p, g = np.full(100_000, 0.5), np.ones(100_000)
+    (p if field == "p_hat" else g)[70_001] = np.nan
+    with pytest.raises(InvalidStatisticsError, match=rf"{field}\[70001\]"):
+        allocate(Estimates.from_rates(p, g), 800_000, AllocationParams(strategy="gvm-paper"))

@@ -5,27 +5,11 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-from pathlib import Path
 from typing import Any
 
+from readme import README, marked_block, run_shell, section
+
 from budget_service.settings import Settings
-
-README = Path(__file__).resolve().parents[1] / "README.md"
-
-
-def section(name: str) -> str:
-    text = README.read_text()
-    start = text.index(f"<!-- section: {name} ")
-    end = text.index("<!-- section:", start + 1)
-    return text[start:end]
-
-
-def walkthrough() -> str:
-    api = section("api")
-    start = api.index("<!-- readme-test: walkthrough -->")
-    block = api[api.index("```bash\n", start) + len("```bash\n") :]
-    return block[: block.index("\n```")]
 
 
 def without_request_id(value: Any) -> Any:
@@ -35,15 +19,8 @@ def without_request_id(value: Any) -> Any:
 
 
 def test_the_curl_walkthrough_runs_verbatim(service_url: str, run_id: str) -> None:
-    script = walkthrough()
-    done = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", script],
-        env={"BASE": service_url, "RUN": run_id, "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    script = marked_block("walkthrough")
+    done = run_shell(script, service_url, run_id)
     assert done.returncode == 0, done.stderr + done.stdout
     outputs = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
     expected = [

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from readme import marked_block, run_shell
 
 REPO = Path(__file__).resolve().parents[1]
 URL, RUN = "http://127.0.0.1:8000", "my-run"  # what the snippets say; swapped for the test's
@@ -22,11 +23,7 @@ URL, RUN = "http://127.0.0.1:8000", "my-run"  # what the snippets say; swapped f
 
 def snippet(name: str) -> tuple[str, str]:
     """The code block after `<!-- readme-test: NAME -->` and the answer its `-> ` line shows."""
-    text = (REPO / "README.md").read_text()
-    start = text.index(f"<!-- readme-test: {name} -->")
-    fence = text.index("```", start)
-    body = text[text.index("\n", fence) + 1 :]
-    code = body[: body.index("\n```")]
+    code = marked_block(name)
     shown = re.findall(r"^(?:#|//) -> (.*)$", code, flags=re.MULTILINE)
     assert len(shown) == 1, f"{name}: one `-> ` line expected"
     return code, shown[0]
@@ -46,14 +43,7 @@ def test_the_three_snippets_show_the_same_answer() -> None:
 
 def test_the_curl_snippet(service_url: str, run_id: str) -> None:
     code, shown = snippet("integrate-curl")
-    done = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", code],
-        env={"BASE": service_url, "RUN": run_id, "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_shell(code, service_url, run_id)
     assert done.returncode == 0, done.stderr + done.stdout
     answers = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
     assert answers[0] == {"report_id": "my-run-step-0", "applied": 3, "duplicate": False}
