@@ -147,3 +147,54 @@ def test_the_readme_documents_every_key() -> None:
     section = readme.split("<!-- section: trainer")[1].split("<!-- section:")[0]
     missing = [f.name for f in dataclasses.fields(TrainConfig) if f"`{f.name}`" not in section]
     assert not missing
+
+
+def test_vllm_engine_knobs_come_from_the_file_and_flags(tmp_path: Path) -> None:
+    path = tmp_path / "gpu.toml"
+    path.write_text(
+        '[sampling]\nbackend = "vllm"\nvllm_dtype = "float16"\ngpu_memory_utilization = 0.35\n'
+        "tensor_parallel_size = 2\nmax_model_len = 4096\n"
+    )
+    config, _ = parse_args(["--config", str(path), "--gpu-memory-utilization", "0.4"])
+    assert (config.vllm_dtype, config.gpu_memory_utilization) == ("float16", 0.4)
+    assert (config.tensor_parallel_size, config.max_model_len) == (2, 4096)
+    assert TrainConfig().vllm_dtype == "bfloat16"  # the engine dtype by default
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"gpu_memory_utilization": 0}, r"gpu_memory_utilization must be in \(0, 1\]"),
+        ({"gpu_memory_utilization": 1.2}, r"gpu_memory_utilization must be in \(0, 1\]"),
+        ({"tensor_parallel_size": 0}, "tensor_parallel_size must be >= 1"),
+        ({"max_model_len": 16, "max_new_tokens": 16}, "max_model_len .* must exceed"),
+        ({"eval_train_prompts": 300, "train_prompts": 256}, "eval_train_prompts must be"),
+    ],
+)
+def test_vllm_knobs_and_training_evaluation_are_checked(
+    values: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        TrainConfig.from_dict(values)
+    with pytest.raises(TypeError, match="vllm_dtype must be one of"):
+        TrainConfig.from_dict({"vllm_dtype": "fp8"})
+
+
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*"))
+)
+def test_shipped_configs_are_valid(path: Path) -> None:
+    config, _ = parse_args(["--config", str(path)])
+    assert config.backend == "vllm"
+
+
+def test_the_paper_config_has_the_papers_setting() -> None:
+    path = Path(__file__).resolve().parents[1] / "configs" / "paper-qwen2.5-math-1.5b.toml"
+    config, _ = parse_args(["--config", str(path)])
+    n = config.batch_size
+    assert (n, config.pilot_samples, config.budget) == (1024, 8, 8 * n + 8 * n)  # N' = 8, N = 8n
+    assert (config.allocation, config.mode, config.algo) == ("gvm-paper", "paper", "raft")
+    assert (config.model, config.task, config.device) == ("Qwen/Qwen2.5-Math-1.5B", "math", "cuda")
+    assert (config.vllm_dtype, config.tensor_parallel_size) == ("bfloat16", 1)
+    assert config.max_model_len is not None
+    assert config.max_model_len > config.max_new_tokens

@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -346,6 +347,70 @@ def test_second_in_process_engine_is_refused(generator: VLLMGenerator, tiny_dir:
     assert generator.generate([[1, 2, 3]], [1], GREEDY)[0]  # the live engine is unaffected
 
 
+class _EngineArgumentsError(Exception):
+    """Raised by the stand-in for `vllm.LLM` below, carrying what it was called with."""
+
+    def __init__(self, kwargs: dict[str, object]) -> None:
+        super().__init__("recorded")
+        self.kwargs = kwargs
+
+
+def _record_engine_arguments(**kwargs: object) -> None:
+    raise _EngineArgumentsError(kwargs)
+
+
+class _CudaPlatform:
+    """What `vllm.platforms.current_platform` answers on a GPU host, as far as we ask."""
+
+    @staticmethod
+    def is_cpu() -> bool:
+        return False
+
+
+@pytest.mark.parametrize("platform", ["cpu", "gpu"])
+def test_config_knobs_reach_the_engine_arguments(
+    platform: str,
+    tiny_dir: Path,
+    pristine: tuple[LlamaForCausalLM, PreTrainedTokenizerFast],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`gvm-train`'s vLLM settings arrive in `vllm.LLM(...)` unchanged (the GPU host's view
+    stands in for CUDA here: only the engine's construction is intercepted)."""
+    import vllm
+    import vllm.platforms
+
+    from trainer_client.trainer.config import TrainConfig
+    from trainer_client.trainer.train import make_generator
+
+    monkeypatch.setattr(vllm, "LLM", _record_engine_arguments)
+    monkeypatch.setattr(VLLMGenerator, "_in_process", weakref.WeakSet())  # the module's engine
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    if platform == "gpu":
+        monkeypatch.setattr(vllm.platforms, "current_platform", _CudaPlatform())
+    config = TrainConfig(
+        backend="vllm",
+        vllm_dtype="float16",
+        gpu_memory_utilization=0.3,
+        tensor_parallel_size=2,
+        max_model_len=2048,
+        seed=5,
+    )
+    with pytest.raises(_EngineArgumentsError) as recorded:
+        make_generator(config, *pristine, tiny_dir)
+    kwargs = recorded.value.kwargs
+    assert kwargs["model"] == str(tiny_dir)
+    assert (kwargs["dtype"], kwargs["tensor_parallel_size"]) == ("float16", 2)
+    assert (kwargs["max_model_len"], kwargs["seed"]) == (2048, 5)
+    if platform == "gpu":
+        assert kwargs["gpu_memory_utilization"] == 0.3
+        assert kwargs["enforce_eager"] is False  # CUDA graphs
+        assert "kv_cache_memory_bytes" not in kwargs  # sized from gpu_memory_utilization
+    else:  # vllm-cpu sizes its KV cache in bytes and runs eagerly
+        assert "gpu_memory_utilization" not in kwargs
+        assert kwargs["enforce_eager"] is True
+        assert kwargs["kv_cache_memory_bytes"] == 2**30
+
+
 def test_trainer_runs_end_to_end_on_vllm(
     service_url: str, run_id: str, tiny_dir: Path, tmp_path: Path
 ) -> None:
@@ -357,6 +422,7 @@ def test_trainer_runs_end_to_end_on_vllm(
         "--model", str(tiny_dir), "--steps", str(steps), "--batch-size", "4",
         "--budget", str(budget), "--train-prompts", "16", "--eval-prompts", "4",
         "--max-new-tokens", "8", "--out-dir", str(tmp_path), "--no-progress",
+        "--eval-train-prompts", "4",
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -368,6 +434,10 @@ def test_trainer_runs_end_to_end_on_vllm(
     assert summary["cumulative_generated"] == steps * budget
     assert summary["fallbacks"] == 0
     assert summary["spooled_pending"] == 0
+    # The training prompts' accuracy is measured at the start and the end, from the engine.
+    assert 0 <= summary["initial_train_eval_accuracy"] <= 1
+    assert records[-1]["train_eval_accuracy"] == summary["final_train_eval_accuracy"]
+    assert records[-1]["train_eval_accuracy"] is not None
     with BudgetClient(service_url) as client:  # every generated sample reached the service
         assert client.summary(run_id).samples == steps * budget
 

@@ -58,6 +58,11 @@ class TrainConfig:
     max_new_tokens: int = 16  # response length cap
     temperature: float = 1.0  # sampling temperature of training samples
     top_p: float = 1.0  # nucleus sampling of training samples
+    # -- the vLLM engine (backend = "vllm") ----------------------------------------------------
+    vllm_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"  # engine weights dtype
+    gpu_memory_utilization: float = 0.5  # GPU memory share vLLM takes; the rest is the trainer's
+    tensor_parallel_size: int = 1  # GPUs per engine; > 1 pushes weights through /dev/shm files
+    max_model_len: int | None = None  # prompt + response tokens; None = the model's context
     # -- model and data ----------------------------------------------------------------------
     model: str = ""  # HF folder, .gguf, "smollm2" or hub id; "" = the warmed-up tiny model
     cache_dir: str = ""  # where built and converted models are cached; "" = ~/.cache/gvm-budget
@@ -68,6 +73,7 @@ class TrainConfig:
     data_seed: int = 0  # draws the pool (and the math split); the held-out set is fixed
     eval_prompts: int = 64  # size of the fixed held-out set (greedy accuracy)
     eval_every: int = 5  # evaluate every this many steps (and at the start and the end)
+    eval_train_prompts: int = 0  # also greedy accuracy on this many training prompts; 0 = off
     device: str = "auto"  # torch device; auto = cuda when available
     # -- output ------------------------------------------------------------------------------
     out_dir: str = ""  # metrics, checkpoint and spool; "" = runs/<run_id>
@@ -107,6 +113,17 @@ class TrainConfig:
             problems.append("clip and lr must be > 0")
         if not 1 <= self.max_level <= 6:
             problems.append("max_level must be between 1 and 6")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            problems.append("gpu_memory_utilization must be in (0, 1]")
+        if self.tensor_parallel_size < 1:
+            problems.append("tensor_parallel_size must be >= 1")
+        if self.max_model_len is not None and self.max_model_len <= self.max_new_tokens:
+            problems.append(
+                f"max_model_len ({self.max_model_len}) must exceed max_new_tokens "
+                f"({self.max_new_tokens}): it holds the prompt and the response"
+            )
+        if not 0 <= self.eval_train_prompts <= self.train_prompts:
+            problems.append("eval_train_prompts must be between 0 and train_prompts")
         if self.batch_size > self.train_prompts:
             problems.append("batch_size must be <= train_prompts")
         if problems:

@@ -139,7 +139,14 @@ def make_generator(
     if config.backend == "vllm":
         from trainer_client.trainer.vllm_backend import VLLMGenerator  # vllm only when chosen
 
-        generator: Generator = VLLMGenerator(folder, seed=config.seed)
+        generator: Generator = VLLMGenerator(
+            folder,
+            dtype=config.vllm_dtype,
+            gpu_memory_utilization=config.gpu_memory_utilization,
+            tensor_parallel_size=config.tensor_parallel_size,
+            max_model_len=config.max_model_len,
+            seed=config.seed,
+        )
         generator.load_weights(model)  # a resumed policy may differ from the folder's weights
         return generator
     return HFGenerator(model, tokenizer)
@@ -446,6 +453,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
     train_set, held_out = load_problems(config)
     train_ids = encode_prompts(tokenizer, train_set)
     eval_ids = encode_prompts(tokenizer, held_out)
+    seen = slice(config.eval_train_prompts)  # training prompts also evaluated (often none)
+    train_eval, train_eval_ids = train_set[seen], train_ids[seen]
 
     # counters that survive a resume
     first_step, generated_total, accepted_total = 0, 0, 0
@@ -476,10 +485,12 @@ def train(config: TrainConfig) -> dict[str, Any]:
                 "with `gvm-budget serve` or point --service-url at it"
             ) from exc
 
-        initial_accuracy = accuracy = None
+        initial_accuracy = accuracy = initial_train_accuracy = train_accuracy = None
         if not state:
             initial_accuracy = evaluate(generator, eval_ids, held_out, config)
             print(f"held-out accuracy before training: {initial_accuracy:.3f}")
+            if train_eval:
+                initial_train_accuracy = evaluate(generator, train_eval_ids, train_eval, config)
 
         bar = tqdm(
             range(first_step, config.steps),
@@ -550,10 +561,12 @@ def train(config: TrainConfig) -> dict[str, Any]:
                 generated_total += generated
                 accepted_total += accepted
                 last = step == config.steps - 1
-                accuracy = None
+                accuracy = train_accuracy = None
                 if (step + 1) % config.eval_every == 0 or last:
                     with timed(times, "eval"):
                         accuracy = evaluate(generator, eval_ids, held_out, config)
+                        if train_eval:
+                            train_accuracy = evaluate(generator, train_eval_ids, train_eval, config)
                 times["step"] = time.perf_counter() - started
                 record = {
                     "step": step,
@@ -565,6 +578,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
                     "accept_rate": accepted / max(generated, 1),
                     "mean_reward": sum(samples.rewards) / max(generated, 1),
                     "eval_accuracy": accuracy,
+                    "train_eval_accuracy": train_accuracy,
                     "budget": config.budget,
                     "allocated": allocation.total,
                     "alloc_counts": counts,
@@ -608,6 +622,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
             "accepted": accepted_total,
             "initial_eval_accuracy": initial_accuracy,
             "final_eval_accuracy": accuracy,
+            "initial_train_eval_accuracy": initial_train_accuracy,
+            "final_train_eval_accuracy": train_accuracy,
             "fallbacks": client.stats.fallbacks,
             "spooled_pending": pending,
             "out_dir": str(out),

@@ -128,23 +128,18 @@ class VLLMGenerator:
         import vllm
         from vllm.platforms import current_platform
 
-        on_cpu = current_platform.is_cpu()
-        if kv_cache_gib is None and on_cpu and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
-            kv_cache_gib = _DEFAULT_CPU_KV_CACHE_GIB
-        kwargs: dict[str, Any] = {
-            "model": str(self.model_dir),
-            "dtype": dtype,
-            "seed": seed,
-            "tensor_parallel_size": tensor_parallel_size,
-            "max_model_len": max_model_len,
-            "enforce_eager": on_cpu if enforce_eager is None else enforce_eager,
-            "worker_extension_cls": f"{__name__}.{WeightSyncExtension.__qualname__}",
-            **({} if on_cpu else {"gpu_memory_utilization": gpu_memory_utilization}),
-            **(
-                {} if kv_cache_gib is None else {"kv_cache_memory_bytes": int(kv_cache_gib * 2**30)}
-            ),
-            **(engine_kwargs or {}),
-        }
+        kwargs = engine_arguments(
+            self.model_dir,
+            on_cpu=current_platform.is_cpu(),
+            dtype=dtype,
+            gpu_memory_utilization=gpu_memory_utilization,
+            tensor_parallel_size=tensor_parallel_size,
+            max_model_len=max_model_len,
+            enforce_eager=enforce_eager,
+            kv_cache_gib=kv_cache_gib,
+            seed=seed,
+            engine_kwargs=engine_kwargs,
+        )
         started = time.perf_counter()
         if self.weight_sync == "direct":
             with _trainer_process_state(), _env(VLLM_ENABLE_V1_MULTIPROCESSING="0"):
@@ -311,6 +306,40 @@ class VLLMGenerator:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def engine_arguments(
+    model_dir: Path,
+    *,
+    on_cpu: bool,
+    dtype: Dtype,
+    gpu_memory_utilization: float,
+    tensor_parallel_size: int,
+    max_model_len: int | None,
+    enforce_eager: bool | None,
+    kv_cache_gib: float | None,
+    seed: int,
+    engine_kwargs: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """The keyword arguments of `vllm.LLM` for `VLLMGenerator`'s knobs on this platform.
+
+    On CPU `gpu_memory_utilization` means nothing (the KV cache is sized in GiB instead) and
+    eager mode is the default; `engine_kwargs` override everything.
+    """
+    if kv_cache_gib is None and on_cpu and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+        kv_cache_gib = _DEFAULT_CPU_KV_CACHE_GIB
+    return {
+        "model": str(model_dir),
+        "dtype": dtype,
+        "seed": seed,
+        "tensor_parallel_size": tensor_parallel_size,
+        "max_model_len": max_model_len,
+        "enforce_eager": on_cpu if enforce_eager is None else enforce_eager,
+        "worker_extension_cls": f"{__name__}.{WeightSyncExtension.__qualname__}",
+        **({} if on_cpu else {"gpu_memory_utilization": gpu_memory_utilization}),
+        **({} if kv_cache_gib is None else {"kv_cache_memory_bytes": int(kv_cache_gib * 2**30)}),
+        **(engine_kwargs or {}),
+    }
 
 
 class WeightSyncExtension:
