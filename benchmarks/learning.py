@@ -83,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
 def run_configs(args: argparse.Namespace, url: str, runs_dir: Path) -> list[Any]:
     from trainer_client.trainer.config import TrainConfig
 
@@ -214,9 +218,10 @@ def summarise(
             entry["samples_ratio_to_reach_uniform_final"] = {
                 "per_seed": ratios,
                 "uniform_did_not_improve": undefined,
-                "median": statistics.median(known),
-                "min": known[0],
-                "max": known[-1],
+                # a seed that never got there sorts last; null in JSON (which has no infinity)
+                "median": finite_or_none(statistics.median(known)),
+                "min": finite_or_none(known[0]),
+                "max": finite_or_none(known[-1]),
                 "on_mean_curves": None if reached is None else reached / uniform_mean[0][-1],
             }
         summary[name] = entry
@@ -312,7 +317,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 runs = list(pool.map(run_one, configs, [args.threads] * len(configs)))
     metrics = ("held_out", "train_pool")
     summary = {m: summarise(runs, args.strategies, args.seeds, m) for m in metrics}
-    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    # where files went is this machine's business, not a setting of the measurement
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "runs_dir")}
     payload = {
         "settings": settings,
         "strategies": {k: STRATEGIES[k] for k in args.strategies},
@@ -331,7 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _write(folder: Path, name: str, payload: dict[str, Any]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.json"
-    path.write_text(json.dumps(payload, indent=2) + "\n")
+    path.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
     return path
 
 
