@@ -1,0 +1,117 @@
+"""The README's benchmark figures are the committed measurements, not typed-in numbers.
+
+Each check rebuilds the README's rendering of a figure from `benchmarks/results/*.json` and
+requires it in the benchmark's subsection, so a rerun that is not copied into the README (or a
+README edit that no run produced) fails here. The load table has its own test in
+test_api_readme.py.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from readme import README
+
+RESULTS = README.parent / "benchmarks" / "results"
+
+
+def results(name: str) -> Any:
+    return json.loads((RESULTS / f"{name}.json").read_text())
+
+
+def subsection(title: str) -> str:
+    """The README from the heading `## title` or `### title` to the next heading of any level
+    at or above `###`."""
+    text = README.read_text()
+    start = (
+        text.index(f"## {title}\n") if f"\n## {title}\n" in text else text.index(f"### {title}\n")
+    )
+    end = text.find("\n##", start + 1)
+    return text[start:] if end < 0 else text[start:end]
+
+
+def ms(seconds: float) -> str:
+    value = seconds * 1e3
+    return f"{value:.2f}" if value < 10 else f"{value:.1f}"
+
+
+def test_allocation_speed_rows() -> None:
+    text = subsection("Allocation speed")
+    for row in results("allocation_speed")["rows"]:
+        best, cpu = row["best_s"], row["best_cpu_s"]
+        cells = (
+            f"| {row['prompts']:,} | {ms(best['loop'])} ({ms(cpu['loop'])}) ms "
+            f"| {ms(best['gvm_paper'])} ({ms(cpu['gvm_paper'])}) ms "
+            f"| {row['speedup_gvm_paper']:.1f}x ({row['speedup_gvm_paper_cpu']:.1f}x) "
+            f"| {ms(best['gvm'])} ({ms(cpu['gvm'])}) ms "
+            f"| {row['speedup_gvm']:.1f}x ({row['speedup_gvm_cpu']:.1f}x) |"
+        )
+        assert cells in text, cells
+
+
+@pytest.mark.parametrize("name", ["grad_norms", "grad_norms_2threads"])
+def test_gradient_norm_speedups(name: str) -> None:
+    text = subsection("Gradient norms")
+    run = results(name)
+    threads = run["machine"]["torch_threads"]
+    for workload in run["workloads"].values():
+        rows, width = workload["padded_shape"]
+        batched = workload["batched"]["median_seconds"] * 1e3
+        lean, published = workload["per_sample"], workload["published"]
+        cells = (
+            f"| {threads} | {rows} × {width} | {batched:.0f} ms "
+            f"| {lean['median_seconds'] * 1e3:.0f} ms "
+            f"(batched **{lean['speedup_of_batched']:.1f}x** faster) "
+            f"| {published['median_seconds'] * 1e3:.0f} ms "
+            f"(**{published['speedup_of_batched']:.1f}x**) |"
+        )
+        assert cells in text, cells
+
+
+def test_learning_finals_and_ratios() -> None:
+    text = subsection("Learning per generated sample")
+    pool = results("learning")["summary"]["train_pool"]
+    for strategy, entry in pool.items():
+        final = entry["final"]
+        shown = ", ".join(f"{value:.3f}" for value in final["per_seed"])
+        cells = f"| {strategy} | {final['mean']:.3f} ({shown}) |"
+        assert cells in text, cells
+        if strategy == "uniform":
+            continue
+        ratio = entry["samples_ratio_to_reach_uniform_final"]
+        assert f"**{ratio['median']:.2f}** ({ratio['min']:.2f}-" in text, strategy
+
+
+def test_soak_figures() -> None:
+    text = subsection("Reliability")
+    soak = results("soak")
+    assert f"{soak['requests_total']:,} requests ({soak['requests_per_s']:.0f}/s)" in text
+    ledger = soak["ledger_check"]
+    assert (
+        f"{ledger['live_runs']} runs still live at the end ({ledger['prompts_checked']} prompts)"
+        in text
+    )
+    # the table says "0 errors of any kind" and "exactly": the run must have shown that
+    assert "0 errors of any kind" in text
+    assert not soak["error_answers"]
+    assert not soak["transport_errors"]
+    assert not soak["violations"]
+    assert ledger["exact"]
+    assert not ledger["mismatches"]
+    assert not ledger["stray_keys"]
+
+
+def test_variance_table() -> None:
+    text = subsection("Gradient variance")
+    mixes = results("variance")["raft"]
+    names = mixes["uniform"]["strategies"].keys()
+    for name in names:
+        cells = " | ".join(
+            f"{s['to_uniform']:.3f}, {s['to_oracle']:.3f}, {s['starved']:.0f}"
+            for s in (
+                mixes[mix]["strategies"][name] for mix in ("uniform", "u-shaped", "easy", "hard")
+            )
+        )
+        assert f" | {cells} |" in text, (name, cells)
