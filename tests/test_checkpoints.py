@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -16,20 +15,6 @@ from trainer_client.trainer.checkpoints import (
     checkpoint_tensors,
     resolve_model,
 )
-from trainer_client.trainer.tiny import build_tiny
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny(tmp_path_factory.mktemp("models"))
-
-
-@pytest.fixture(scope="module")
-def smollm2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """SmolLM2 converted once per session (test_vllm_backend shares the cache folder)."""
-    if os.environ.get("GVM_SKIP_SMOLLM2_TESTS") == "1":
-        pytest.skip("GVM_SKIP_SMOLLM2_TESTS=1")
-    return resolve_model(SMOLLM2, cache_dir=tmp_path_factory.getbasetemp() / "model-cache")
 
 
 def test_local_folder_is_used_as_it_is(tiny_dir: Path) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import subprocess
 import sys
 import weakref
@@ -27,9 +26,8 @@ from transformers import (
 )
 
 from trainer_client import BudgetClient
-from trainer_client.trainer.checkpoints import SMOLLM2, resolve_model
 from trainer_client.trainer.generation import Completion, HFGenerator, SamplingConfig
-from trainer_client.trainer.tiny import build_tiny, load_tiny
+from trainer_client.trainer.tiny import load_tiny
 from trainer_client.trainer.vllm_backend import (
     Dtype,
     VLLMGenerator,
@@ -49,19 +47,6 @@ pytestmark = [
 
 GREEDY = SamplingConfig(temperature=0.0, max_new_tokens=12)
 LOGPROB_TOLERANCE = 1e-3  # nats, summed over the continuation; fp32 engines agree to ~3e-5
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny(tmp_path_factory.mktemp("models"))
-
-
-@pytest.fixture(scope="module")
-def smollm2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """SmolLM2 converted once per session (test_checkpoints shares the cache folder)."""
-    if os.environ.get("GVM_SKIP_SMOLLM2_TESTS") == "1":
-        pytest.skip("GVM_SKIP_SMOLLM2_TESTS=1")
-    return resolve_model(SMOLLM2, cache_dir=tmp_path_factory.getbasetemp() / "model-cache")
 
 
 @pytest.fixture(scope="module")
