@@ -4,8 +4,10 @@ Inputs per size m: a U-shaped batch (true p ~ Beta(0.3, 0.3)) seen through 8 pil
 prompt, as a trainer would post it: raw ratios k/8 (many exact zeros and ties) and the mean norm
 of accepted samples (0 when none). Budget 8 per prompt.
 
-Timed (best of several runs, all in one process on one machine; wall-clock, and the CPU time of
-this process, which is steadier when other jobs share the machine):
+Timed (best of several runs, all in one process on one machine, interleaved: 7 rounds of one
+loop run then 3 runs of each vectorised path, so a shared machine's slow and fast phases reach
+every path alike; wall-clock, and the CPU time of this process; with the service process's
+malloc settings, budget_service/memory.py, which spare `gvm` its page faults):
 - loop: benchmarks/published_rule.py, the published algorithm with a Python loop over prompts
   for the weights (math.sqrt / math.pow), then its rounding (numpy); lists in, lists out. The
   speed targets are checked against this one. For context, the same loop with the published
@@ -16,6 +18,9 @@ this process, which is steadier when other jobs share the machine):
   explore floor, on the posterior estimates the service computes (expected costs): the exact
   integer optimum under bounds and alignment. Estimation (estimate(), done once per request
   before allocate) is timed separately. The `reasons` list is built on access and not timed.
+
+The speed-up targets are judged on the median over rounds of the paired ratio: the loop's time
+over the best run of the path in the same round. Best against best is reported beside it.
 
 Run: python benchmarks/allocation_speed.py   (under a minute on 2 cores)
 Writes benchmarks/results/allocation_speed.json and allocation_speed.png.
@@ -39,6 +44,7 @@ from published_rule import loop_allocation
 
 from budget_service.allocation import AllocationParams, allocate
 from budget_service.estimates import Estimates, PromptStatistics, RunTotals, estimate
+from budget_service.memory import retain_freed_memory
 
 SIZES = (1_000, 10_000, 100_000, 1_000_000)
 PILOT, PER_PROMPT = 8, 8
@@ -69,45 +75,53 @@ def pilot_batch(m: int, seed: int) -> tuple[np.ndarray, np.ndarray, PromptStatis
     return p_raw, g_raw, stats, totals
 
 
-def timed(fn: Callable[[], Any], repeats: int) -> tuple[Any, list[float], list[float]]:
-    """Result, wall-clock seconds and CPU seconds of this process, per run."""
-    wall, cpu = [], []
+def timed(fn: Callable[[], Any], repeats: int, into: tuple[list[float], list[float]]) -> Any:
+    """Run fn `repeats` times; append wall-clock and CPU seconds per run to `into`."""
+    wall, cpu = into
     result = None
     for _ in range(repeats):
         start, start_cpu = time.perf_counter(), time.process_time()
         result = fn()
         cpu.append(time.process_time() - start_cpu)
         wall.append(time.perf_counter() - start)
-    return result, wall, cpu
+    return result
 
 
-def measure(m: int, seed: int, repeats: int, loop_repeats: int) -> dict[str, Any]:
-    """Time the three paths (and estimation) on one batch of m prompts."""
+def measure(m: int, seed: int, rounds: int, repeats: int) -> dict[str, Any]:
+    """Time the three paths (and estimation) on one batch of m prompts, in `rounds` rounds of
+    one loop run then `repeats` runs of each other path: a shared machine's slow and fast
+    phases then reach every path alike (a speed-up of best against best compares like with
+    like)."""
     p_raw, g_raw, stats, totals = pilot_batch(m, seed)
     budget = PER_PROMPT * m
-    p_list, g_list = p_raw.tolist(), g_raw.tolist()
-    loop, *loop_t = timed(lambda: loop_allocation(p_list, g_list, budget), loop_repeats)
-    literal, *literal_t = timed(
-        lambda: loop_allocation(p_list, g_list, budget, numpy_scalars=True), 1
-    )
-    assert literal == loop
-    raw = Estimates.from_rates(p_raw, g_raw)
-    paper, *paper_t = timed(lambda: allocate(raw, budget, PAPER), repeats)
-    assert paper.samples.tolist() == loop, f"gvm-paper differs from the loop at m={m}"
-    est, *est_t = timed(lambda: estimate(stats, totals, 0, GVM), max(2, repeats // 2))
     gvm_budget = budget + 5  # aligned down to a multiple of 8
-    plan, *gvm_t = timed(lambda: allocate(est, gvm_budget, GVM), repeats)
+    p_list, g_list = p_raw.tolist(), g_raw.tolist()
+    raw = Estimates.from_rates(p_raw, g_raw)
+    runs: dict[str, tuple[list[float], list[float]]] = {
+        key: ([], []) for key in ("loop", "loop_numpy_scalars", "gvm_paper", "gvm", "estimate")
+    }
+    literal = timed(
+        lambda: loop_allocation(p_list, g_list, budget, numpy_scalars=True),
+        1,
+        runs["loop_numpy_scalars"],
+    )
+    est = estimate(stats, totals, 0, GVM)
+    for _ in range(rounds):
+        loop = timed(lambda: loop_allocation(p_list, g_list, budget), 1, runs["loop"])
+        paper = timed(lambda: allocate(raw, budget, PAPER), repeats, runs["gvm_paper"])
+        timed(lambda: estimate(stats, totals, 0, GVM), 1, runs["estimate"])
+        plan = timed(lambda: allocate(est, gvm_budget, GVM), repeats, runs["gvm"])
+    assert literal == loop
+    assert paper.samples.tolist() == loop, f"gvm-paper differs from the loop at m={m}"
     assert plan.total == gvm_budget // 8 * 8
     assert plan.samples.min() >= 1
     assert plan.samples.max() <= 64
-    runs = {
-        "loop": loop_t,
-        "loop_numpy_scalars": literal_t,
-        "gvm_paper": paper_t,
-        "gvm": gvm_t,
-        "estimate": est_t,
-    }
     best = {key: min(wall) for key, (wall, _) in runs.items()}
+    loops = runs["loop"][0]
+    per_round = {  # loop time / the best run of the path in the same round
+        key: [loops[i] / min(runs[key][0][i * repeats : (i + 1) * repeats]) for i in range(rounds)]
+        for key in ("gvm_paper", "gvm")
+    }
     best_cpu = {key: min(cpu) for key, (_, cpu) in runs.items()}
     return {
         "prompts": m,
@@ -122,17 +136,21 @@ def measure(m: int, seed: int, repeats: int, loop_repeats: int) -> dict[str, Any
             "gvm_paper": best["loop_numpy_scalars"] / best["gvm_paper"],
             "gvm": best["loop_numpy_scalars"] / best["gvm"],
         },
+        "speedup_per_round": per_round,
         "identical_integers": True,
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=11, help="runs per timing (best is kept)")
-    parser.add_argument("--loop-repeats", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=7, help="rounds, one loop run each")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="runs of each vectorised path per round"
+    )
     args = parser.parse_args()
+    tuned = retain_freed_memory()  # as the service process does (budget_service/memory.py)
     load_before = machine()["loadavg"]
-    rows = [measure(m, i, args.repeats, args.loop_repeats) for i, m in enumerate(SIZES)]
+    rows = [measure(m, i, args.rounds, args.repeats) for i, m in enumerate(SIZES)]
     load_after = machine()["loadavg"]
 
     print("best of runs: wall-clock (CPU time of this process in brackets)")
@@ -148,6 +166,8 @@ def main() -> None:
             f" {row['speedup_gvm']:>5.1f}x ({row['speedup_gvm_cpu']:>4.1f}x)"
             f" {1e3 * b['estimate']:>8.1f}ms"
         )
+    for key, ratios in rows[-1]["speedup_per_round"].items():
+        print(f"{key} speed-up per round at 10^6: " + ", ".join(f"{r:.1f}x" for r in ratios))
     print("the loop with the published per-element numpy calls (one run each):")
     for row in rows:
         vs = row["speedup_vs_published_calls"]
@@ -156,7 +176,21 @@ def main() -> None:
             f" gvm-paper {vs['gvm_paper']:.0f}x, gvm {vs['gvm']:.0f}x faster"
         )
     top = rows[-1]
-    targets = {}
+    # Judged on the median over rounds of the paired ratio (loop / best run in the same round):
+    # the machine's slow and fast phases cancel; best against best is reported beside it.
+    paired = {key: statistics.median(r) for key, r in top["speedup_per_round"].items()}
+    targets = {
+        "gvm_paper_speedup_1e6_paired": {
+            "value": paired["gvm_paper"],
+            "target": ">= 30",
+            "met": paired["gvm_paper"] >= 30,
+        },
+        "gvm_speedup_1e6_paired": {
+            "value": paired["gvm"],
+            "target": ">= 8",
+            "met": paired["gvm"] >= 8,
+        },
+    }
     for clock, suffix in (("wall", ""), ("cpu", "_cpu")):
         best = top["best_s"] if clock == "wall" else top["best_cpu_s"]
         targets[f"gvm_paper_speedup_1e6_{clock}"] = {
@@ -190,10 +224,15 @@ def main() -> None:
                 "explore_samples=2) on posterior estimates",
                 "estimate": "estimate(stats, totals, step, params) for those estimates",
             },
-            "repeats": {"loop": args.loop_repeats, "others": args.repeats},
+            "repeats": {
+                "rounds": args.rounds,
+                "loop": args.rounds,
+                "others": args.rounds * args.repeats,
+            },
             "rows": rows,
             "targets": targets,
             "machine": {**machine(), "loadavg_before": load_before},
+            "service_malloc_settings": tuned,
         },
     )
     plot(rows)

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Literal, get_args
 
@@ -449,7 +449,7 @@ def _threshold(c: F64, lo: F64 | float, hi: F64 | float, total: int) -> tuple[I6
         k = k_low[owner] + 1.0 + (np.arange(owner.size) - first)
     gain = c_band[owner] / (k * (k - 1.0))  # k >= 2: first units are always in `sure`
     if need < gain.size:
-        cut = np.partition(gain, gain.size - need)[gain.size - need]  # the need-th largest
+        cut = _kth_largest(gain, need)
         above = np.flatnonzero(gain > cut)
         tied = np.flatnonzero(gain == cut)  # distinct owners (gains fall with k), ascending
         if k[tied].min() != k[tied].max():
@@ -464,6 +464,22 @@ def _threshold(c: F64, lo: F64 | float, hi: F64 | float, total: int) -> tuple[I6
         sure[where] += extra
     last_gain = float(gain[pick].min())  # 0 when a subnormal cost's gain underflows
     return sure, 1.0 / last_gain if last_gain > 0 else math.inf
+
+
+def _kth_largest(values: F64, k: int) -> float:
+    """The k-th largest of values (1 <= k <= size), as np.partition finds it - without its
+    slowdown (20x) when most values are equal, as where a prompt group shares one cost: a
+    value frequent in a sample is split off first and the search goes on in one side."""
+    sample = values[:: max(1, values.size // 256)]
+    common, freq = np.unique(sample, return_counts=True)
+    if values.size > 4096 and int(freq.max()) * 8 >= sample.size:
+        v = float(common[int(np.argmax(freq))])
+        greater = values[values > v]
+        if k <= greater.size:
+            return _kth_largest(greater, k)
+        k -= greater.size + int(np.count_nonzero(values == v))
+        return v if k <= 0 else _kth_largest(values[values < v], k)
+    return float(np.partition(values, values.size - k)[values.size - k])
 
 
 _EXP_MAX = 700.0  # math.exp overflows past ~709.78; c e^x with x up to 1400 covers any c > 0
@@ -614,11 +630,13 @@ def _value_counts(values: I64) -> tuple[I64, I64]:
 # --- gvm-paper: the published rule ----------------------------------------------------------------
 
 # Exact sequential sums (see _sequential_add): the first _SEQ_HEAD values go through the plain
-# chain; then chunks of _SEQ_CHUNK values at a time, located to _SEQ_BLOCK values when the running
-# sum leaves its binade; more than _SEQ_MAX_TIES halfway cases in a chunk: the plain chain.
-_SEQ_HEAD = 1 << 13
-_SEQ_CHUNK = 1 << 15
+# chain; then chunks of _SEQ_CHUNK values at a time, cut short where the running sum is expected
+# to leave its binade, located to _SEQ_BLOCK values where it does anyway; more than
+# _SEQ_MAX_TIES halfway cases in a chunk: the plain chain.
+_SEQ_HEAD = 1 << 16
+_SEQ_CHUNK = 1 << 16
 _SEQ_BLOCK = 1 << 9
+_SEQ_NEAR = 1 << 12  # a binade's top expected within this many values: the plain chain across
 _SEQ_MAX_TIES = 64
 _TWO_53 = 2.0**53
 _SEQ_TINY = 2.0**-960  # below this the grid spacing of the running sum is not a safe scale
@@ -639,15 +657,18 @@ def _stream_sum(
     """s + the next values of Python's left-to-right `sum` (the published code's), bit for
     bit, when it has taken `position` values so far: the first _SEQ_HEAD values of a sum go
     through the plain chain (the running sum changes binade often while it is small), the rest
-    through _sequential_add."""
+    through _sequential_add, told the mean value so far (where the sum's binade ends)."""
     if position < _SEQ_HEAD:
         head = min(values.size, _SEQ_HEAD - position)
         s = _accumulate(values[:head], s)
-        values = values[head:]
-    return _sequential_add(s, values, scratch, clean=clean)
+        values, position = values[head:], position + head
+    mean = max(s, 0.0) / position if position else 0.0
+    return _sequential_add(s, values, scratch, clean=clean, mean=mean)
 
 
-def _sequential_add(s: float, values: F64, scratch: F64, *, clean: bool = False) -> float:
+def _sequential_add(
+    s: float, values: F64, scratch: F64, *, clean: bool = False, mean: float = 0.0
+) -> float:
     """s + values[0] + values[1] + ..., left to right as Python's `sum` (the published
     code's) adds, bit for bit, not numpy's pairwise sum - without a chain of one dependent
     addition per value where it can be avoided.
@@ -661,8 +682,9 @@ def _sequential_add(s: float, values: F64, scratch: F64, *, clean: bool = False)
     parity; where s leaves its binade, the chunk is kept up to the block before the crossing and
     the plain chain carries s across. Negative or non-finite values: the plain chain throughout.
     `scratch`: 2 * _SEQ_CHUNK floats; `clean`: the caller knows no value is negative or NaN
-    (inf is fine). Checked against np.add.accumulate in
-    tests/test_allocation_paper.py.
+    (inf is fine); `mean`: the expected value (0: unknown), to cut a chunk short of where s
+    would leave its binade (speed only: a crossing inside a chunk is found and handled anyway).
+    Checked against np.add.accumulate in tests/test_allocation_paper.py.
     """
     n = values.size
     if n == 0:
@@ -685,6 +707,15 @@ def _sequential_add(s: float, values: F64, scratch: F64, *, clean: bool = False)
             base = s * scale  # s / u, an integer in [2^52, 2^53)
             room = _TWO_53 - base
             size = min(n - i, _SEQ_CHUNK)
+            pace = mean * scale  # values to the binade's top at this pace: room / pace
+            ahead = room / pace if pace > 0 else math.inf
+            if ahead < size:  # at the last piece's pace: stop short of the top, or step across
+                if ahead < _SEQ_NEAR:  # it with the plain chain when it is near
+                    step = min(n - i, int(1.5 * ahead) + _SEQ_BLOCK)
+                    s = _accumulate(values[i : i + step], s)
+                    i += step
+                    continue
+                size = int(0.97 * ahead)
             q = np.multiply(values[i : i + size], scale, out=q_buf[:size])
             r = np.rint(q, out=r_buf[:size])
             t = float(r.sum())
@@ -692,6 +723,7 @@ def _sequential_add(s: float, values: F64, scratch: F64, *, clean: bool = False)
             tied = bool(frac.max() >= 0.5) or bool(frac.min() <= -0.5)
             if t < room and not tied:
                 s = (base + t) / scale
+                mean = t / (size * scale)
                 i += size
                 continue
             ties = np.flatnonzero(np.abs(frac) == 0.5) if tied else np.empty(0, np.intp)
@@ -809,8 +841,10 @@ def _gvm_paper(estimates: Estimates, budget: int, params: AllocationParams) -> A
     for start in range(0, m, chunk):
         end = min(start + chunk, m)
         p_part, g_part = p[start:end], g[start:end]
-        in_range = p_part.min() >= 0.0 and p_part.max() <= 1.0  # NaN fails both
-        if not (in_range and g_part.min() >= 0.0 and g_part.max() < math.inf):
+        # NaN fails every comparison; when clean, p < 0 makes w NaN and G = inf makes w inf
+        # (or NaN), so the total checks those two (below) and two reductions go
+        checked = p_part.max() <= 1.0 and g_part.min() >= 0.0
+        if not (checked and (clean or (p_part.min() >= 0.0 and g_part.max() < math.inf))):
             _validate(estimates)  # raises, naming the first bad entry
         w = _paper_weights(p_part, g_part, alpha, beta, ratios[start:end])
         total_w = _stream_sum(total_w, w, start, scratch, clean=clean)
@@ -819,6 +853,10 @@ def _gvm_paper(estimates: Estimates, budget: int, params: AllocationParams) -> A
             head_sq += _dot(w[:cut], w[:cut])
             rest_sq += _dot(w[cut:], w[cut:])
 
+    if clean and not total_w < math.inf:  # inf or NaN
+        _validate(estimates)  # raises for p < 0 or G = inf; else an overflow, or p = -0.0:
+        if math.isnan(total_w):  # alpha / -0.0 = -inf, where the published p == 0 holds
+            return _gvm_paper(replace(estimates, p_hat=p + 0.0), budget, params)  # -0.0 -> 0.0
     clean = clean and math.isfinite(total_w)  # w / total_w: no inf / inf
     total_r = 0.0
     for start in range(0, m, chunk):
@@ -842,33 +880,50 @@ def _gvm_paper(estimates: Estimates, budget: int, params: AllocationParams) -> A
         ints = np.empty(m, np.int64)
         codes = np.empty(m, np.int8)
         residuals = np.empty(m)
-        whole = 0.0
+        whole = per_count = 0.0
         for start in range(0, m, chunk):
             end = min(start + chunk, m)
             r = ratios[start:end]
-            r /= total_r
+            if total_r != 1.0:
+                r /= total_r
             scaled = np.multiply(r, N, out=scratch[: end - start])
             rounded = np.rint(scaled, out=scratch[chunk : chunk + end - start])
             whole += float(rounded.sum())  # whole numbers: exact below 2^53
-            np.copyto(ints[start:end], rounded, casting="unsafe")  # whole numbers: exact
-            np.equal(r, 0.0, out=codes[start:end].view(np.bool_))  # dropped, or weight 0
+            n_part = ints[start:end]
+            np.copyto(n_part, rounded, casting="unsafe")  # whole numbers: exact
+            dropped = codes[start:end].view(np.bool_)
+            np.equal(r, 0.0, out=dropped)  # filtered, or weight 0
             np.subtract(scaled, rounded, out=residuals[start:end])
+            if not filtering:
+                cut = min(max(extra - start, 0), end - start)
+                head_sq += _dot(r[:cut], r[:cut])
+                rest_sq += _dot(r[cut:], r[cut:])
+            # J = sum r^2 / n over n > 0 as sum r^2 / max(n, 1): exact while every n = 0
+            # prompt has r = 0 (the usual case; else this chunk takes the slow path)
+            if np.count_nonzero(dropped) + np.count_nonzero(n_part) == end - start:
+                inverse = np.maximum(rounded, 1.0, out=scaled)
+                per_count += _dot(np.divide(r, inverse, out=inverse), r)
+            else:
+                per_count += objective(np.square(r), n_part)
+        if not filtering:
+            head_sq *= scale
+            rest_sq *= scale
         error = N - (int(whole) if whole < _TWO_53 else int(ints.sum()))
         # J from the ratios holds while every prompt with samples has its weight in them: no
         # padding, and no filtered prompt (r = 0, w > 0) or negative count from the fix-up
         from_ratios = deficit == 0
         if error:
             moved = _fix_up(residuals, abs(error), error > 0)
+            before = ints[moved]
             ints[moved] += 1 if error > 0 else -1
             from_ratios = from_ratios and int(ints[moved].min()) >= 0
             from_ratios = from_ratios and not (filtering and bool((ratios[moved] == 0).any()))
+            if from_ratios:  # the moved prompts' terms, from their old counts to the new
+                change = _inverse(ints[moved]) - _inverse(before)
+                per_count += _dot(np.square(ratios[moved]), change)
         codes *= np.int8(_FILTERED)
-        squares = np.multiply(ratios, ratios, out=residuals)  # the residuals are spent
-        if not filtering:
-            head_sq = float(squares[:extra].sum()) * scale
-            rest_sq = float(squares[extra:].sum()) * scale
         if from_ratios:
-            predicted = _per_count_objective(squares, ints) * scale
+            predicted = per_count * scale
     uniform_variance = head_sq / (v + 1) + (rest_sq / v if v else 0.0)  # n = 0: left out
     if deficit:
         rounds, rest = divmod(deficit, m)
@@ -889,20 +944,22 @@ def _gvm_paper(estimates: Estimates, budget: int, params: AllocationParams) -> A
     )
 
 
-def _per_count_objective(squares: F64, counts: I64) -> float:
-    """sum_i squares_i / counts_i over counts_i > 0, counts >= 0: the squares summed per count,
-    then each sum divided once (counts are small integers: one scatter pass instead of a
-    division per prompt); `objective` when the counts run high."""
-    if int(counts.max()) > 4 * counts.size + 64:
-        return objective(squares, counts)
-    per_count = np.asarray(np.bincount(counts, weights=squares), dtype=np.float64)
-    return _dot(per_count[1:], 1.0 / np.arange(1, per_count.size))
+def _inverse(counts: I64) -> F64:
+    """1/n, and 0 for n = 0 (a prompt without samples leaves the objective)."""
+    return np.divide(1.0, counts, out=np.zeros(counts.size), where=counts > 0)
+
+
+_DOT_PIECE = 8192  # OpenBLAS's ddot stays on one thread up to 10,000 elements
 
 
 def _dot(a: F64, b: F64) -> float:
-    """sum a_i b_i (einsum: np.dot goes through BLAS, whose threads cost more than they save
-    on cache-sized vectors, by far on a busy machine)."""
-    return float(np.einsum("i,i->", a, b))
+    """sum a_i b_i by BLAS ddot on pieces of _DOT_PIECE: 3-4x faster than einsum, and on one
+    thread (BLAS threads cost more than they save on cache-sized vectors, by far on a busy
+    machine)."""
+    if a.size <= _DOT_PIECE:
+        return float(np.dot(a, b))
+    pieces = range(0, a.size, _DOT_PIECE)
+    return sum(float(np.dot(a[i : i + _DOT_PIECE], b[i : i + _DOT_PIECE])) for i in pieces)
 
 
 def _even(m: int, total: int) -> I64:

@@ -18,6 +18,7 @@ from budget_service import __version__
 from budget_service.errors import StoreUnavailableError
 from budget_service.handlers import install_exception_handlers
 from budget_service.logs import configure_logging, logger
+from budget_service.memory import retain_freed_memory
 from budget_service.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from budget_service.routes import allocations, observations, ops, prompts, runs
 from budget_service.settings import Settings, get_settings
@@ -37,6 +38,8 @@ Every error answer has one shape:
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
+    if not retain_freed_memory():
+        logger.debug("malloc settings not applied (no glibc mallopt): allocations run slower")
     store = Store.from_settings(settings)
     app.state.store = store
     try:

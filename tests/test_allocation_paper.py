@@ -115,6 +115,17 @@ def test_zero_rate_or_zero_norm_prompts_are_dropped() -> None:
     assert plan.reasons == [Reason.filtered, Reason.filtered, Reason.gvm]
 
 
+def test_a_negative_zero_rate_is_a_zero_rate() -> None:
+    # the published `p == 0` holds for -0.0 (alpha / -0.0 alone would make the weight NaN)
+    g = [1.0, 2.0, 0.5, 3.0]
+    params = AllocationParams(strategy="gvm-paper")  # alpha 1e-3, beta 2
+    signed = allocate(Estimates.from_rates([0.5, -0.0, 0.25, 1.0], g), 40, params)
+    plain = allocate(Estimates.from_rates([0.5, 0.0, 0.25, 1.0], g), 40, params)
+    assert signed.samples.tolist() == plain.samples.tolist()
+    assert signed.samples[1] == 0
+    assert int(signed.samples.sum()) == 40
+
+
 def test_no_weight_left_falls_back_to_an_even_split() -> None:
     # The published code divides by zero here; we split the budget evenly instead.
     assert paper([0.0, 0.0, 0.0], [1.0, 1.0, 1.0], 7) == [3, 2, 2]
@@ -196,7 +207,7 @@ def _hard_sums() -> list[np.ndarray]:
     many_ties = rng.integers(0, 4, n) + 0.5
     many_ties[0] = 2.0**52
     tiny = rng.random(n) * 1e-300
-    tiny[50_000:] *= 1e290  # from near-subnormal to ordinary
+    tiny[100_000:] *= 1e290  # from near-subnormal (past the plain-chain head) to ordinary
     with_inf = rng.random(n)
     with_inf[123_456] = np.inf
     with_nan = rng.random(n)
@@ -245,9 +256,19 @@ def test_large_batches_give_the_published_integers(kwargs: dict[str, float]) -> 
     assert plan.uniform_variance == pytest.approx(objective(c, even), rel=1e-9)
 
 
-@pytest.mark.parametrize("field", ["p_hat", "g_hat"])
-def test_bad_values_deep_in_a_large_batch_are_named(field: str) -> None:
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("p_hat", np.nan),
+        ("p_hat", -0.5),  # caught by the weights' total (NaN), not a range check
+        ("p_hat", 1.5),
+        ("g_hat", np.nan),
+        ("g_hat", -1.0),
+        ("g_hat", np.inf),  # caught by the weights' total (inf)
+    ],
+)
+def test_bad_values_deep_in_a_large_batch_are_named(field: str, value: float) -> None:
     p, g = np.full(100_000, 0.5), np.ones(100_000)
-    (p if field == "p_hat" else g)[70_001] = np.nan
+    (p if field == "p_hat" else g)[70_001] = value
     with pytest.raises(InvalidStatisticsError, match=rf"{field}\[70001\]"):
         allocate(Estimates.from_rates(p, g), 800_000, AllocationParams(strategy="gvm-paper"))

@@ -49,6 +49,14 @@ def test_allocation_speed_rows() -> None:
             f"| {row['speedup_gvm']:.1f}x ({row['speedup_gvm_cpu']:.1f}x) |"
         )
         assert cells in text, cells
+    top = results("allocation_speed")["rows"][-1]
+    for name, key in (("gvm-paper", "gvm_paper"), ("gvm", "gvm")):
+        rounds = ", ".join(f"{r:.1f}x" for r in top["speedup_per_round"][key])
+        assert f"`{name}` {rounds}" in text, rounds
+    targets = results("allocation_speed")["targets"]
+    paper = targets["gvm_paper_speedup_1e6_paired"]["value"]
+    assert f"met ({paper:.1f}x; identical at every size)" in text
+    assert f"met ({targets['gvm_speedup_1e6_paired']['value']:.1f}x)" in text
 
 
 @pytest.mark.parametrize("name", ["grad_norms", "grad_norms_2threads"])
