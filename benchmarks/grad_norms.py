@@ -11,9 +11,10 @@ same batch and must agree within 1e-4 relative:
 
 Two workloads: the warmed-up tiny model's own responses (what the CPU training loop computes each
 step: short answers) and 32-token responses of the untrained model (more compute per sample).
-Median wall times, speed-ups and the machine's load go to benchmarks/results/grad_norms.json.
+The methods take turns, one run each per round (7 rounds after an untimed one); median wall
+times, speed-ups and the machine's load go to benchmarks/results/grad_norms.json.
 
-    python benchmarks/grad_norms.py [--batch 32] [--repeats 5] [--threads N] [--cache-dir DIR]
+    python benchmarks/grad_norms.py [--batch 32] [--repeats 7] [--threads N] [--cache-dir DIR]
 """
 
 from __future__ import annotations
@@ -60,18 +61,22 @@ def published_loop(model: PreTrainedModel, batch: Batch) -> torch.Tensor:
     return torch.stack(norms)
 
 
-def timed(
-    function: Callable[[], torch.Tensor], repeats: int
-) -> tuple[torch.Tensor, list[float], list[float]]:
-    """The result, and the wall and process CPU times of `repeats` runs after an untimed one."""
-    result = function()
-    seconds, cpu_seconds = [], []
+def timed_rounds(
+    functions: dict[str, Callable[[], torch.Tensor]], repeats: int
+) -> tuple[dict[str, torch.Tensor], dict[str, list[float]], dict[str, list[float]]]:
+    """Each function's result, and its wall and process CPU times over `repeats` rounds that run
+    every function once in turn (after one untimed round): the machine's slow and fast phases
+    reach every method alike."""
+    results = {name: function() for name, function in functions.items()}
+    seconds: dict[str, list[float]] = {name: [] for name in functions}
+    cpu_seconds: dict[str, list[float]] = {name: [] for name in functions}
     for _ in range(repeats):
-        started, cpu_started = time.perf_counter(), time.process_time()
-        result = function()
-        seconds.append(time.perf_counter() - started)
-        cpu_seconds.append(time.process_time() - cpu_started)
-    return result, seconds, cpu_seconds
+        for name, function in functions.items():
+            started, cpu_started = time.perf_counter(), time.process_time()
+            results[name] = function()
+            seconds[name].append(time.perf_counter() - started)
+            cpu_seconds[name].append(time.process_time() - cpu_started)
+    return results, seconds, cpu_seconds
 
 
 def workload(
@@ -93,9 +98,7 @@ def workload(
         "per_sample": partial(grad_norms_loop, model, batch),
         "published": partial(published_loop, model, batch),
     }
-    values, seconds, cpu_seconds = {}, {}, {}
-    for method, function in methods.items():
-        values[method], seconds[method], cpu_seconds[method] = timed(function, repeats)
+    values, seconds, cpu_seconds = timed_rounds(methods, repeats)
     result: dict[str, Any] = {
         "response_tokens": lengths,
         "padded_shape": list(batch.input_ids.shape),
@@ -129,7 +132,7 @@ def workload(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=32, help="responses in the batch")
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs per method")
+    parser.add_argument("--repeats", type=int, default=7, help="timed rounds")
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads (default: torch's)"
     )

@@ -133,6 +133,7 @@ def test_no_response_tokens_give_zero_and_grads_are_left_alone(
     assert norms[0].item() == 0.0
     assert norms[1].item() > 0
     assert all(p.grad is None for p in tied_model.parameters())
+    assert all(p.requires_grad for p in tied_model.parameters())  # unfrozen after the pass
     assert grad_norms_loop(tied_model, batch)[0].item() == 0.0
     empty = collate([[5, 6], [7]], [[], []], pad_id=0)
     assert grad_norms(tied_model, empty).tolist() == [0.0, 0.0]
