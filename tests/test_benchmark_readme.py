@@ -78,18 +78,59 @@ def test_gradient_norm_speedups(name: str) -> None:
         assert cells in text, cells
 
 
-def test_learning_finals_and_ratios() -> None:
+def ratio_cell(entry: dict[str, Any], null: float | None) -> str:
+    """A GVM mode's samples-to-reach-uniform's-final ratio as the README shows it."""
+    ratio = entry["samples_ratio_to_reach_uniform_final"]
+    top = "not reached" if ratio["max"] is None else f"{ratio['max']:.2f}"
+    median = "not reached" if ratio["median"] is None else f"{ratio['median']:.2f}"
+    cross = ratio["cross_seed_median"]
+    cross_text = "not reached" if cross is None else f"{cross:.2f}"
+    null_text = "not reached" if null is None else f"{null:.2f}"
+    return f"**{median}** ({ratio['min']:.2f}-{top}); across seeds {cross_text}, null {null_text}"
+
+
+def learning_rows(name: str, label: str = "") -> list[str]:
+    """The rows of one learning run in the README: per strategy (after `label`), finals and
+    ratios on held-out and training-prompt accuracy, acceptance and where the samples went."""
+    run = results(name)
+    summary = run["summary"]
+    rows = []
+    for strategy in run["settings"]["strategies"]:
+        cells = [label + strategy]
+        for metric in ("held_out", "train_pool"):
+            entry = summary[metric][strategy]
+            finals = entry["final"]["per_seed"]
+            cells.append(f"{entry['final']['mean']:.3f} ({min(finals):.3f}-{max(finals):.3f})")
+            if strategy == "uniform":
+                cells.append("1 (the reference)")
+            else:
+                null = summary[metric]["uniform"].get("null_cross_seed_median")
+                cells.append(ratio_cell(entry, null))
+        mine = [r for r in run["runs"] if r["strategy"] == strategy]
+        accepted = sum(r["train_accept_rate"] for r in mine) / len(mine)
+        levels = sorted(mine[0]["generated_share_by_level"], key=int)
+        shares = [
+            sum(r["generated_share_by_level"][level] for r in mine) / len(mine) for level in levels
+        ]
+        cells.append(f"{accepted:.3f}")
+        cells.append(" / ".join(f"{100 * share:.0f}%" for share in shares))
+        rows.append("| " + " | ".join(cells) + " |")
+    return rows
+
+
+@pytest.mark.parametrize(
+    ("name", "label"),
+    [
+        ("learning", ""),
+        ("learning_grpo", "GRPO: "),
+        ("learning_lr3e-5", "lr 3e-5: "),
+        ("learning_l6", "levels 1-6: "),
+    ],
+)
+def test_learning_rows(name: str, label: str) -> None:
     text = subsection("Learning per generated sample")
-    pool = results("learning")["summary"]["train_pool"]
-    for strategy, entry in pool.items():
-        final = entry["final"]
-        shown = ", ".join(f"{value:.3f}" for value in final["per_seed"])
-        cells = f"| {strategy} | {final['mean']:.3f} ({shown}) |"
-        assert cells in text, cells
-        if strategy == "uniform":
-            continue
-        ratio = entry["samples_ratio_to_reach_uniform_final"]
-        assert f"**{ratio['median']:.2f}** ({ratio['min']:.2f}-" in text, strategy
+    for row in learning_rows(name, label):
+        assert row in text, row
 
 
 def test_soak_figures() -> None:
