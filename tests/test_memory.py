@@ -41,8 +41,11 @@ def faults(mode: str) -> int:
 
 
 def test_freed_arrays_come_back_without_page_faults() -> None:
-    assert faults("plain") > 1000  # glibc's defaults: the pages go back to the kernel each time
-    assert faults("tuned") < 50
+    plain, tuned = faults("plain"), faults("tuned")
+    # glibc's defaults: the pages go back to the kernel each round (about 11,000 faults with
+    # 4 KiB pages, fewer where transparent huge pages back them); the settings keep them
+    assert plain >= 50
+    assert tuned <= plain / 10
 
 
 def test_the_service_applies_the_settings_at_startup(monkeypatch: pytest.MonkeyPatch) -> None:
