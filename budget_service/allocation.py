@@ -819,9 +819,8 @@ def _gvm_paper(estimates: Estimates, budget: int, params: AllocationParams) -> A
     Three passes over the prompts, each in _SEQ_CHUNK pieces that stay in cache while every
     step of the pass runs on them: (1) the range check, weights and their sequential sum (and
     the even split's objective when filters drop weights); (2) ratios, filters and their
-    sequential sum; (3) final ratios, rounding, residuals and reasons. The fix-up looks only at
-    residuals near +-0.5; both objectives come from r^2 (w^2 up to a constant factor) in one
-    more pass and a scatter per sample count.
+    sequential sum; (3) final ratios, rounding, residuals, reasons and both objectives (from r,
+    w up to a constant factor). The fix-up looks only at residuals near +-0.5.
     """
     p = estimates.p_hat
     g = estimates.g_hat
