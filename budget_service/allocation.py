@@ -470,15 +470,15 @@ def _kth_largest(values: F64, k: int) -> float:
     """The k-th largest of values (1 <= k <= size), as np.partition finds it - without its
     slowdown (20x) when most values are equal, as where a prompt group shares one cost: a
     value frequent in a sample is split off first and the search goes on in one side."""
-    sample = values[:: max(1, values.size // 256)]
-    common, freq = np.unique(sample, return_counts=True)
-    if values.size > 4096 and int(freq.max()) * 8 >= sample.size:
-        v = float(common[int(np.argmax(freq))])
-        greater = values[values > v]
-        if k <= greater.size:
-            return _kth_largest(greater, k)
-        k -= greater.size + int(np.count_nonzero(values == v))
-        return v if k <= 0 else _kth_largest(values[values < v], k)
+    if values.size > 4096:
+        common, freq = np.unique(values[:: values.size // 256], return_counts=True)
+        if int(freq.max()) * 8 >= int(freq.sum()):
+            v = float(common[int(np.argmax(freq))])
+            greater = values[values > v]
+            if k <= greater.size:
+                return _kth_largest(greater, k)
+            k -= greater.size + int(np.count_nonzero(values == v))
+            return v if k <= 0 else _kth_largest(values[values < v], k)
     return float(np.partition(values, values.size - k)[values.size - k])
 
 
@@ -918,8 +918,8 @@ def _gvm_paper(estimates: Estimates, budget: int, params: AllocationParams) -> A
             from_ratios = from_ratios and int(ints[moved].min()) >= 0
             from_ratios = from_ratios and not (filtering and bool((ratios[moved] == 0).any()))
             if from_ratios:  # the moved prompts' terms, from their old counts to the new
-                change = _inverse(ints[moved]) - _inverse(before)
-                per_count += _dot(np.square(ratios[moved]), change)
+                squares = np.square(ratios[moved])
+                per_count += objective(squares, ints[moved]) - objective(squares, before)
         codes *= np.int8(_FILTERED)
         if from_ratios:
             predicted = per_count * scale
@@ -941,11 +941,6 @@ def _gvm_paper(estimates: Estimates, budget: int, params: AllocationParams) -> A
         predicted_variance=predicted,
         uniform_variance=uniform_variance,
     )
-
-
-def _inverse(counts: I64) -> F64:
-    """1/n, and 0 for n = 0 (a prompt without samples leaves the objective)."""
-    return np.divide(1.0, counts, out=np.zeros(counts.size), where=counts > 0)
 
 
 _DOT_PIECE = 8192  # OpenBLAS's ddot stays on one thread up to 10,000 elements
