@@ -68,8 +68,11 @@ def test_gradient_norm_speedups(name: str) -> None:
         rows, width = workload["padded_shape"]
         batched = workload["batched"]["median_seconds"] * 1e3
         lean, published = workload["per_sample"], workload["published"]
+        passes = " + ".join(
+            f"{size} × {length}" for size, length in workload["batched_pass_shapes"]
+        )
         cells = (
-            f"| {threads} | {rows} × {width} | {batched:.0f} ms "
+            f"| {threads} | {rows} × {width} ({passes}) | {batched:.0f} ms "
             f"| {lean['median_seconds'] * 1e3:.0f} ms "
             f"(batched **{lean['speedup_of_batched']:.1f}x** faster) "
             f"| {published['median_seconds'] * 1e3:.0f} ms "

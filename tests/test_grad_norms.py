@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from trainer_client.trainer.grad_norms import grad_norms, grad_norms_loop
+from trainer_client.trainer.grad_norms import (
+    PASS_COST_TOKENS,
+    grad_norms,
+    grad_norms_loop,
+    length_groups,
+)
 from trainer_client.trainer.losses import Batch, PaddingSide, collate
 from trainer_client.trainer.tiny import build_tiny, load_tiny
 
@@ -142,3 +148,50 @@ def test_no_response_tokens_give_zero_and_grads_are_left_alone(
 def test_rejects_an_unknown_target(tied_model: LlamaForCausalLM) -> None:
     with pytest.raises(ValueError, match="target must be"):
         grad_norms(tied_model, random_batch(512, "right"), target="attention")  # type: ignore[arg-type]
+
+
+def set_partitions(items: list[int]) -> Iterator[list[list[int]]]:
+    if not items:
+        yield []
+        return
+    first, rest = items[0], items[1:]
+    for partition in set_partitions(rest):
+        yield [[first], *partition]
+        for k in range(len(partition)):
+            yield [*partition[:k], [first, *partition[k]], *partition[k + 1 :]]
+
+
+def padded_cost(groups: list[list[int]], lengths: list[int]) -> int:
+    return sum(len(g) * max(lengths[j] for j in g) + PASS_COST_TOKENS for g in groups)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_length_groups_find_the_cheapest_split_of_any_kind(seed: int) -> None:
+    """Against every set partition (not just runs of the sorted order) of up to 7 sequences."""
+    g = torch.Generator().manual_seed(seed)
+    size = int(torch.randint(1, 8, (1,), generator=g))
+    lengths = torch.randint(1, 200, (size,), generator=g)
+    max_size = int(torch.randint(1, size + 1, (1,), generator=g))
+    groups = length_groups(lengths, max_size)
+    flat = torch.cat(groups).tolist()
+    assert sorted(flat) == list(range(size))
+    assert all(len(group) <= max_size for group in groups)
+    as_lists = [group.tolist() for group in groups]
+    best = min(
+        padded_cost(p, lengths.tolist())
+        for p in set_partitions(list(range(size)))
+        if all(len(group) <= max_size for group in p)
+    )
+    assert padded_cost(as_lists, lengths.tolist()) == best
+
+
+def test_norms_come_back_in_batch_order_when_passes_are_grouped_by_length(
+    tied_model: LlamaForCausalLM,
+) -> None:
+    """Long and short sequences interleaved: the grouped passes reorder them, the result not."""
+    short, long = [5, 6], list(range(3, 40))
+    prompts = [long if j % 2 else short for j in range(12)]
+    responses = [[7 + j, 8] for j in range(12)]
+    batch = collate(prompts, responses, pad_id=0)
+    assert len(length_groups(batch.attention_mask.sum(dim=1), 12)) == 2
+    assert_rel_close(grad_norms(tied_model, batch), grad_norms_loop(tied_model, batch))

@@ -34,6 +34,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 from transformers import PreTrainedModel
@@ -59,19 +60,55 @@ def grad_norms(
 ) -> Tensor:
     """`[B]` float64 norms G_j (on the CPU) for every sequence of `batch` (see the module doc).
 
-    Parameter `.grad`s are left untouched. `micro_batch_size` bounds memory by running that many
-    sequences per forward/backward. Sequences without response tokens get 0.
+    Parameter `.grad`s are left untouched. `micro_batch_size` bounds memory: no pass runs more
+    than that many sequences. Passes group sequences of similar length (`length_groups`), so
+    little of the work is padding. Sequences without response tokens get 0.
     """
     if target not in ("embedding", "lm_head"):
         raise ValueError(f"target must be 'embedding' or 'lm_head', got {target!r}")
     size = len(batch.input_ids)
-    step = micro_batch_size or max(size, 1)
+    if size == 0:
+        return torch.zeros(0, dtype=torch.float64)
+    lengths = batch.attention_mask.sum(dim=1).cpu()
+    groups = length_groups(lengths, micro_batch_size or size)
     with _parameters_frozen(model):
-        parts = [
-            _grad_norms_batched(model, batch.select(range(start, min(start + step, size))), target)
-            for start in range(0, size, step)
-        ]
-    return torch.cat(parts).cpu() if parts else torch.zeros(0, dtype=torch.float64)
+        parts = [_grad_norms_batched(model, batch.select(rows), target) for rows in groups]
+    norms = torch.empty(size, dtype=torch.float64)
+    norms[torch.cat(groups)] = torch.cat(parts).cpu()
+    return norms
+
+
+PASS_COST_TOKENS = 64
+"""What one more forward/backward pass costs beyond its tokens (Python, kernel launches), in
+padded tokens: measured on the tiny CPU model, where a pass of 32 x 24 tokens takes ~100 ms and
+splitting it by length saves ~15%. For larger models a token costs more and a pass's overhead
+relatively less, so this errs on the side of fewer passes."""
+
+
+def length_groups(lengths: Tensor, max_size: int) -> list[Tensor]:
+    """Row indices split into passes of at most `max_size` sequences that minimise padded tokens
+    plus `PASS_COST_TOKENS` per pass.
+
+    Sorted by length, the best split into consecutive runs is a shortest path: best[j], the cost
+    of the j shortest sequences, is min over i of best[i] + (j - i) * length[j-1] + pass cost
+    (a run costs its size times its longest member). O(B * max_size), vectorised over i.
+    """
+    order = torch.argsort(lengths, stable=True)
+    ordered = lengths[order].numpy().astype(np.float64)
+    size = len(order)
+    best = np.zeros(size + 1)
+    start = np.zeros(size + 1, dtype=np.int64)
+    for j in range(1, size + 1):
+        first = max(0, j - max_size)
+        costs = best[first:j] + np.arange(j - first, 0, -1) * ordered[j - 1]
+        pick = int(np.argmin(costs))
+        best[j], start[j] = costs[pick] + PASS_COST_TOKENS, first + pick
+    groups = []
+    end = size
+    while end > 0:
+        groups.append(order[int(start[end]) : end])
+        end = int(start[end])
+    return groups[::-1]
 
 
 @contextmanager
