@@ -16,6 +16,7 @@ times, speed-ups (the median over rounds of each round's ratio) and the machine'
 benchmarks/results/grad_norms.json.
 
     python benchmarks/grad_norms.py [--batch 32] [--repeats 7] [--threads N] [--cache-dir DIR]
+                                    [--device cuda --output benchmarks/results/grad_norms_gpu.json]
 """
 
 from __future__ import annotations
@@ -80,15 +81,28 @@ def timed_rounds(
     return results, seconds, cpu_seconds
 
 
+def on_host(method: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
+    """`method` with its result copied to the CPU: the copy waits for a GPU to finish, so the
+    timings include all the work."""
+    return lambda: method().cpu()
+
+
 def workload(
-    name: str, model: PreTrainedModel, tokenizer: Any, size: int, repeats: int
+    name: str,
+    model: PreTrainedModel,
+    tokenizer: Any,
+    size: int,
+    repeats: int,
+    device: torch.device,
 ) -> dict[str, Any]:
-    """Sample one response per prompt, then time and compare the three methods."""
+    """Sample one response per prompt (on the CPU), then time and compare the three methods on
+    `device`."""
     prompts = encode_prompts(tokenizer, arithmetic_problems(size, seed=0))
     sampling = SamplingConfig(temperature=1.0, max_new_tokens=32, seed=0)
     completions = HFGenerator(model, tokenizer).generate(prompts, [1] * size, sampling)
     responses = [group[0].token_ids for group in completions]
-    batch = collate(prompts, responses, tokenizer.pad_token_id)
+    batch = collate(prompts, responses, tokenizer.pad_token_id, device=device)
+    model.to(device)
     lengths = [len(r) for r in responses]
     print(
         f"\n{name}: {size} responses of {min(lengths)}-{max(lengths)} tokens "
@@ -99,6 +113,7 @@ def workload(
         "per_sample": partial(grad_norms_loop, model, batch),
         "published": partial(published_loop, model, batch),
     }
+    methods = {name: on_host(method) for name, method in methods.items()}
     values, seconds, cpu_seconds = timed_rounds(methods, repeats)
     real_lengths = batch.attention_mask.sum(dim=1)
     passes = [
@@ -150,6 +165,7 @@ def main() -> None:
         "--threads", type=int, default=None, help="torch threads (default: torch's)"
     )
     parser.add_argument("--cache-dir", type=Path, default=None, help="tiny model cache")
+    parser.add_argument("--device", default="cpu", help="torch device of the timed work")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     if args.threads:
@@ -157,14 +173,15 @@ def main() -> None:
 
     cache = args.cache_dir or default_cache_dir()
     warm_dir, random_dir = warm_up(cache), build_tiny(cache)  # cached after the first run
+    device = torch.device(args.device)
     load_before = os.getloadavg()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load {load_before}")
     workloads = {
         "warm_model_responses": workload(
-            "warmed-up model", *load_tiny(warm_dir), args.batch, args.repeats
+            "warmed-up model", *load_tiny(warm_dir), args.batch, args.repeats, device
         ),
         "long_responses": workload(
-            "untrained model", *load_tiny(random_dir), args.batch, args.repeats
+            "untrained model", *load_tiny(random_dir), args.batch, args.repeats, device
         ),
     }
     report = {
@@ -179,6 +196,7 @@ def main() -> None:
             "cpu_count": os.cpu_count(),
             "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(),
+            "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
             "load_average_before": load_before,
             "load_average_after": os.getloadavg(),
         },

@@ -35,6 +35,10 @@ not cached in ~/.cache/gvm-budget):
     nice -n 5 python benchmarks/learning.py --max-level 6 --seeds 0 1 2 3 4 --name learning_l6
     python benchmarks/learning.py --seeds 0 --steps 4 --out /tmp/smoke  # a smoke run
 
+SmolLM2-135M-Instruct instead of the tiny model (hours on a CPU; on a GPU host add --backend vllm):
+
+    python benchmarks/learning.py --model smollm2 --jobs 1 --threads 2 --name learning_smollm2
+
 Writes benchmarks/results/<name>.json and <name>.png (`--runs-dir` keeps each run's output).
 """
 
@@ -85,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, default=1e-5, help="AdamW learning rate")
     parser.add_argument("--algo", choices=["raft", "grpo"], default="raft")
     parser.add_argument("--backend", choices=["hf", "vllm"], default="hf")
+    parser.add_argument(
+        "--model", default="", help='"" = the warmed-up tiny model; "smollm2", a folder, a hub id'
+    )
+    parser.add_argument("--max-new-tokens", type=int, default=16, help="response length cap")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     parser.add_argument("--name", default="learning", help="results file stem")
     parser.add_argument("--runs-dir", type=Path, default=None, help="per-run outputs (tmp)")
@@ -121,6 +129,8 @@ def run_configs(args: argparse.Namespace, url: str, runs_dir: Path) -> list[Any]
                     lr=args.lr,
                     algo=args.algo,
                     backend=args.backend,
+                    model=args.model,
+                    max_new_tokens=args.max_new_tokens,
                     train_prompts=args.train_prompts,
                     max_level=args.max_level,
                     eval_prompts=args.eval_prompts,
@@ -346,9 +356,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         port = free_port("127.0.0.1")
         service = running_service("127.0.0.1", port, Path(tmp) / "redis", Path(tmp) / "service.log")
         with service as (url, _process):
-            from trainer_client.trainer.warmup import warm_up
-
-            warm_up()  # build and cache the warm tiny model once, before the workers need it
+            prepare_model(args.model)
             configs = run_configs(args, url, runs_dir)
             spawn = multiprocessing.get_context("spawn")  # torch and threads: no fork
             with ProcessPoolExecutor(args.jobs, mp_context=spawn) as pool:
@@ -369,6 +377,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(json.dumps(summary, indent=2))
     print(f"wrote {path} and {path.with_suffix('.png')} in {payload['seconds_total']:.0f} s")
     return 0
+
+
+def prepare_model(model: str) -> None:
+    """Build, convert or download the model once, before the workers all need it."""
+    if model:
+        from trainer_client.trainer.checkpoints import resolve_model
+
+        resolve_model(model)
+    else:
+        from trainer_client.trainer.warmup import warm_up
+
+        warm_up()
 
 
 def resummarise(path: Path) -> int:
