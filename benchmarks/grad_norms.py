@@ -113,9 +113,9 @@ def workload(
         "per_sample": partial(grad_norms_loop, model, batch),
         "published": partial(published_loop, model, batch),
     }
-    methods = {name: on_host(method) for name, method in methods.items()}
+    methods = {key: on_host(method) for key, method in methods.items()}
     values, seconds, cpu_seconds = timed_rounds(methods, repeats)
-    real_lengths = batch.attention_mask.sum(dim=1)
+    real_lengths = batch.attention_mask.sum(dim=1).cpu()
     passes = [
         [len(rows), int(real_lengths[rows].max())] for rows in length_groups(real_lengths, size)
     ]
