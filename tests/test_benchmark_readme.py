@@ -93,8 +93,9 @@ def ratio_cell(entry: dict[str, Any], null: float | None) -> str:
 
 
 def learning_rows(name: str, label: str = "") -> list[str]:
-    """The rows of one learning run in the README: per strategy (after `label`), finals and
-    ratios on held-out and training-prompt accuracy, acceptance and where the samples went."""
+    """The rows of one learning run in the README: per strategy (after `label`), finals (and,
+    for GVM, against uniform's paired by seed) and ratios on held-out and training-prompt
+    accuracy, acceptance and where the samples went."""
     run = results(name)
     summary = run["summary"]
     rows = []
@@ -103,7 +104,15 @@ def learning_rows(name: str, label: str = "") -> list[str]:
         for metric in ("held_out", "train_pool"):
             entry = summary[metric][strategy]
             finals = entry["final"]["per_seed"]
-            cells.append(f"{entry['final']['mean']:.3f} ({min(finals):.3f}-{max(finals):.3f})")
+            final = f"{entry['final']['mean']:.3f} ({min(finals):.3f}-{max(finals):.3f})"
+            if strategy != "uniform":
+                paired = entry["final_vs_uniform"]
+                final += (
+                    f"; vs uniform {paired['mean_difference']:+.3f}, "
+                    f"{paired['wins']}-{paired['ties']}-{paired['losses']}, "
+                    f"p {paired['sign_test_p']:.2f}"
+                )
+            cells.append(final)
             if strategy == "uniform":
                 cells.append("1 (the reference)")
             else:

@@ -47,6 +47,9 @@ def test_learning_benchmark_runs_and_summarises(tmp_path: Path) -> None:
         assert run["curve"]["steps"] == [0, 2]
         assert run["curve"]["samples"] == [0, 32]
     assert set(result["summary"]) == {"held_out", "train_pool"}
+    paired = result["summary"]["train_pool"]["gvm-online"]["final_vs_uniform"]
+    assert paired["wins"] + paired["ties"] + paired["losses"] == 1
+    assert 0 < paired["sign_test_p"] <= 1
     assert (tmp_path / "smoke.png").stat().st_size > 0
 
 
