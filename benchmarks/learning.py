@@ -30,8 +30,8 @@ Run (about 13 minutes on 2 cores, plus a one-off warm-up of about 2 minutes if t
 not cached in ~/.cache/gvm-budget):
 
     nice -n 5 python benchmarks/learning.py            # the committed results, and:
-    nice -n 5 python benchmarks/learning.py --algo grpo --seeds 0 1 2 3 4 --name learning_grpo
-    nice -n 5 python benchmarks/learning.py --lr 3e-5 --seeds 0 1 2 3 4 --name learning_lr3e-5
+    nice -n 5 python benchmarks/learning.py --algo grpo --seeds $(seq 0 9) --name learning_grpo
+    nice -n 5 python benchmarks/learning.py --lr 3e-5 --seeds $(seq 0 9) --name learning_lr3e-5
     nice -n 5 python benchmarks/learning.py --max-level 6 --seeds 0 1 2 3 4 --name learning_l6
     python benchmarks/learning.py --seeds 0 --steps 4 --out /tmp/smoke  # a smoke run
 
