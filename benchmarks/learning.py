@@ -418,7 +418,7 @@ def resummarise(path: Path) -> int:
     payload = json.loads(path.read_text())
     strategies, seeds = payload["settings"]["strategies"], payload["settings"]["seeds"]
     payload["summary"] = {m: summarise(payload["runs"], strategies, seeds, m) for m in METRICS}
-    path.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
+    _write(path.parent, path.stem, payload)
     plot(payload["runs"], strategies, path.with_suffix(".png"))
     print(json.dumps(payload["summary"], indent=2))
     return 0

@@ -13,8 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from trainer_client.trainer.warmup import warm_up
-
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
@@ -29,7 +27,6 @@ def run_script(name: str, *args: str) -> None:
 
 
 def test_learning_benchmark_runs_and_summarises(tmp_path: Path) -> None:
-    warm_up()  # the script's default model, cached in the user cache like the quickstart's
     run_script(
         "learning.py",
         *("--seeds", "0", "--steps", "2", "--strategies", "uniform", "gvm-online"),
