@@ -59,11 +59,12 @@ def test_allocation_speed_rows() -> None:
     assert f"met ({targets['gvm_speedup_1e6_paired']['value']:.1f}x)" in text
 
 
-@pytest.mark.parametrize("name", ["grad_norms", "grad_norms_2threads"])
+@pytest.mark.parametrize("name", ["grad_norms", "grad_norms_2threads", "grad_norms_gpu"])
 def test_gradient_norm_speedups(name: str) -> None:
     text = subsection("Gradient norms")
     run = results(name)
-    threads = run["machine"]["torch_threads"]
+    device = run["machine"].get("device", "cpu")  # the GPU's name on a GPU
+    threads = run["machine"]["torch_threads"] if device == "cpu" else f"GPU: {device}"
     for workload in run["workloads"].values():
         rows, width = workload["padded_shape"]
         batched = workload["batched"]["median_seconds"] * 1e3
@@ -137,6 +138,7 @@ def learning_rows(name: str, label: str = "") -> list[str]:
         ("learning_grpo", "GRPO: "),
         ("learning_lr3e-5", "lr 3e-5: "),
         ("learning_l6", "levels 1-6: "),
+        ("learning_smollm2_gpu", "SmolLM2, H100: "),
     ],
 )
 def test_learning_rows(name: str, label: str) -> None:

@@ -23,6 +23,7 @@ from trainer_client.trainer.train import (
     METRICS_FILE,
     Samples,
     batch_indices,
+    load_tokenizer,
     main,
     minibatches,
     to_batch,
@@ -35,6 +36,20 @@ from trainer_client.trainer.warmup import warm_up
 @pytest.fixture(scope="module")
 def model_dir() -> Path:
     return warm_up()
+
+
+def test_a_tokenizer_without_pad_token_pads_with_eos(tiny_dir: Path, tmp_path: Path) -> None:
+    own = load_tokenizer(tiny_dir)  # names its own pad token, which is kept
+    assert own.pad_token is not None
+    assert own.pad_token_id != own.eos_token_id
+    _, tokenizer = load_tiny(tiny_dir)
+    tokenizer.pad_token = None
+    tokenizer.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "tokenizer_config.json").read_text()).get("pad_token") is None
+
+    loaded = load_tokenizer(tmp_path)
+    assert loaded.pad_token is not None
+    assert loaded.pad_token_id == loaded.eos_token_id
 
 
 def small(model_dir: Path, service_url: str, out: Path, **overrides: Any) -> TrainConfig:
@@ -84,6 +99,7 @@ def test_both_algos_and_modes_feed_the_service(
     assert summary["accepted"] == sum(r["accepted"] for r in records)
     assert records[-1]["eval_accuracy"] is not None
     assert summary["spooled_pending"] == 0
+    assert summary["device"] == "cpu"  # device "auto" on a machine without a GPU
 
     with BudgetClient(service_url) as client:
         run = client.get_run(run_id)

@@ -423,6 +423,16 @@ def keep_metrics_before(path: Path, step: int) -> None:
 # -- the loop -----------------------------------------------------------------------------------
 
 
+def load_tokenizer(folder: str | Path) -> Any:
+    """The model's tokenizer, with a pad token: batches are padded (and the padding masked out),
+    and not every tokenizer names one (Llama's; SmolLM2's GGUF as transformers 5.17 reads it)."""
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if tokenizer.pad_token is None:
+        print(f"the tokenizer has no pad token: padding with its eos token {tokenizer.eos_token}")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def train(config: TrainConfig) -> dict[str, Any]:
     """Train for ``config.steps`` steps against the service; returns (and writes) the summary."""
     out = config.output_dir
@@ -434,10 +444,10 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
     # model and tokenizer: the checkpoint's when resuming, else --model or the warm tiny model
     folder = out / CHECKPOINT if state else model_folder(config)
-    print(f"model: {folder}")
+    print(f"model: {folder} on {device}")
     model: Any = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     model.to(device)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer = load_tokenizer(folder)
     reference: Any = None
     if config.kl_coef > 0:  # the KL anchor: the policy the training started from
         reference = copy.deepcopy(model)
@@ -617,6 +627,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
         summary = {
             "run_id": run_id,
             "service_url": config.service_url,
+            "device": str(device),
             "steps": config.steps,
             "cumulative_generated": generated_total,
             "accepted": accepted_total,
