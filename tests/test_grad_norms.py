@@ -17,6 +17,7 @@ from trainer_client.trainer.grad_norms import (
 )
 from trainer_client.trainer.losses import Batch, PaddingSide, collate
 from trainer_client.trainer.tiny import build_tiny, load_tiny
+from trainer_client.trainer.train import autocast
 
 RTOL = 1e-4
 
@@ -195,3 +196,18 @@ def test_norms_come_back_in_batch_order_when_passes_are_grouped_by_length(
     batch = collate(prompts, responses, pad_id=0)
     assert len(length_groups(batch.attention_mask.sum(dim=1), 12)) == 2
     assert_rel_close(grad_norms(tied_model, batch), grad_norms_loop(tied_model, batch))
+
+
+@pytest.mark.parametrize("target", ["embedding", "lm_head"])
+def test_bf16_autocast_norms_stay_close_to_fp32(
+    untied_model: LlamaForCausalLM, target: str
+) -> None:
+    """`precision = "bf16"` runs the passes under autocast: the norms move by bf16 rounding only
+    (and do move, so the autocast really reached the matrix products)."""
+    batch = random_batch(untied_model.config.vocab_size, "right", seed=2)
+    exact = grad_norms(untied_model, batch, target=target)  # type: ignore[arg-type]
+    with autocast("bf16", torch.device("cpu")):
+        mixed = grad_norms(untied_model, batch, target=target)  # type: ignore[arg-type]
+    assert mixed.dtype == exact.dtype
+    relative = ((mixed - exact).abs() / exact).max().item()
+    assert 1e-5 < relative < 5e-2, relative

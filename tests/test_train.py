@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import torch
 from test_client_faults import FaultProxy  # tests/ is on sys.path (pytest's prepend mode)
+from transformers import AutoModelForCausalLM
 
 from trainer_client import BudgetClient
 from trainer_client.trainer.config import TrainConfig
@@ -149,6 +150,22 @@ def test_uniform_allocation_with_a_kl_anchor(
     records = read_metrics(tmp_path)
     assert all(r["alloc_counts"] == [6, 6, 6, 6] for r in records)
     assert all(r["kl"] >= 0 for r in records)  # GRPO trains on every sample: the KL is logged
+
+
+def test_bf16_autocast_trains_and_keeps_fp32_weights(
+    model_dir: Path, service_url: str, run_id: str, tmp_path: Path
+) -> None:
+    config = small(model_dir, service_url, tmp_path, run_id=run_id, precision="bf16", steps=2)
+    summary = train(config)
+    records = read_metrics(tmp_path)
+    assert summary["cumulative_generated"] == sum(r["generated"] for r in records) == 48
+    assert records[-1]["eval_accuracy"] is not None
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / CHECKPOINT)
+    assert {p.dtype for p in saved.parameters()} == {torch.float32}
+    start = AutoModelForCausalLM.from_pretrained(model_dir)
+    assert any(
+        not torch.equal(a, b) for a, b in zip(saved.parameters(), start.parameters(), strict=True)
+    )  # the update ran
 
 
 def test_training_goes_on_through_an_outage(

@@ -75,6 +75,7 @@ class TrainConfig:
     eval_every: int = 5  # evaluate every this many steps (and at the start and the end)
     eval_train_prompts: int = 0  # also greedy accuracy on this many training prompts; 0 = off
     device: str = "auto"  # torch device; auto = cuda when available
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: the trainer's passes autocast to bf16
     # -- output ------------------------------------------------------------------------------
     out_dir: str = ""  # metrics, checkpoint and spool; "" = runs/<run_id>
     checkpoint_every: int = 0  # save every this many steps; 0 = only at the end

@@ -31,7 +31,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -423,6 +423,16 @@ def keep_metrics_before(path: Path, step: int) -> None:
 # -- the loop -----------------------------------------------------------------------------------
 
 
+def autocast(precision: str, device: torch.device) -> AbstractContextManager[Any]:
+    """The trainer's forward passes (sampling with transformers, gradient norms, the update) in
+    bf16 where `precision` says so: matrix products at the GPU's bf16 rate and half the
+    activation memory, while weights, gradients, AdamW state and the log-softmax of the loss
+    stay fp32 (torch's autocast lists). vLLM samples in its own `vllm_dtype` either way."""
+    if precision == "fp32":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
 def load_tokenizer(folder: str | Path) -> Any:
     """The model's tokenizer, with a pad token: batches are padded (and the padding masked out),
     and not every tokenizer names one (Llama's; SmolLM2's GGUF as transformers 5.17 reads it)."""
@@ -497,10 +507,11 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
         initial_accuracy = accuracy = initial_train_accuracy = train_accuracy = None
         if not state:
-            initial_accuracy = evaluate(generator, eval_ids, held_out, config)
+            with autocast(config.precision, device):
+                initial_accuracy = evaluate(generator, eval_ids, held_out, config)
+                if train_eval:
+                    initial_train_accuracy = evaluate(generator, train_eval_ids, train_eval, config)
             print(f"held-out accuracy before training: {initial_accuracy:.3f}")
-            if train_eval:
-                initial_train_accuracy = evaluate(generator, train_eval_ids, train_eval, config)
 
         bar = tqdm(
             range(first_step, config.steps),
@@ -510,7 +521,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
             desc=run_id,
             dynamic_ncols=True,
         )
-        with metrics_path.open("a") as metrics:
+        with metrics_path.open("a") as metrics, autocast(config.precision, device):
             for step in bar:
                 times: dict[str, float] = {}
                 started = time.perf_counter()
