@@ -5,6 +5,7 @@ the user cache (``warm_up()``, keyed by a hash of its configuration), then reuse
 """
 
 import copy
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -24,6 +25,7 @@ from trainer_client.trainer.train import (
     METRICS_FILE,
     Samples,
     batch_indices,
+    load_policy,
     load_tokenizer,
     main,
     minibatches,
@@ -237,9 +239,8 @@ def test_minibatches_never_split_a_group() -> None:
     assert chunks == [[0, 1, 2], [3, 4], [5, 6, 7, 8]]
 
 
-@pytest.mark.parametrize("algo", ["raft", "grpo"])
-def test_micro_batches_add_up_to_the_minibatch(algo: str, tmp_path: Path) -> None:
-    model, tokenizer = load_tiny(build_tiny(tmp_path))
+def hand_made_samples(tokenizer: Any) -> tuple[Samples, Any]:
+    """Nine samples of three prompts (groups of 3, 2 and 4), five accepted, and their batch."""
     rng = random.Random(0)
     prompts = [[tokenizer.bos_token_id, *rng.sample(range(10, 500), 4 + i)] for i in range(3)]
     groups = [0, 0, 0, 1, 1, 2, 2, 2, 2]  # unequal groups, one split by neither size below
@@ -251,17 +252,61 @@ def test_micro_batches_add_up_to_the_minibatch(algo: str, tmp_path: Path) -> Non
         ],
         rewards=[1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 1.0],
     )
-    batch = to_batch(samples, prompts, tokenizer.pad_token_id, torch.device("cpu"))
+    return samples, to_batch(samples, prompts, tokenizer.pad_token_id, torch.device("cpu"))
 
-    def one_update(micro_batch_size: int) -> list[torch.Tensor]:
-        copy_ = copy.deepcopy(model)
-        config = TrainConfig(algo=algo, micro_batch_size=micro_batch_size, max_grad_norm=1e9)
-        optimizer = torch.optim.SGD(copy_.parameters(), lr=0.1)
-        update(copy_, None, optimizer, samples, batch, config, random.Random(0))
-        return [p.detach().clone() for p in copy_.parameters()]
 
-    whole, split = one_update(64), one_update(2)
+def one_update(model: Any, samples: Samples, batch: Any, config: TrainConfig) -> list[torch.Tensor]:
+    """Parameters after one SGD update of a copy of `model` (unclipped)."""
+    copy_ = copy.deepcopy(model)
+    optimizer = torch.optim.SGD(copy_.parameters(), lr=0.1)
+    update(copy_, None, optimizer, samples, batch, config, random.Random(0))
+    return [p.detach().clone() for p in copy_.parameters()]
+
+
+@pytest.mark.parametrize("algo", ["raft", "grpo"])
+def test_micro_batches_add_up_to_the_minibatch(algo: str, tmp_path: Path) -> None:
+    model, tokenizer = load_tiny(build_tiny(tmp_path))
+    samples, batch = hand_made_samples(tokenizer)
+
+    def with_micro_batches(size: int) -> list[torch.Tensor]:
+        config = TrainConfig(algo=algo, micro_batch_size=size, max_grad_norm=1e9)
+        return one_update(model, samples, batch, config)
+
+    whole, split = with_micro_batches(64), with_micro_batches(2)
     for a, b in zip(whole, split, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     moved = [not torch.equal(a, b) for a, b in zip(whole, model.parameters(), strict=True)]
     assert any(moved)
+
+
+def test_gradient_checkpointing_recomputes_and_changes_nothing(tiny_dir: Path) -> None:
+    config = TrainConfig(algo="grpo", max_grad_norm=1e9)
+    plain = load_policy(tiny_dir, config, torch.device("cpu"))
+    checkpointed = load_policy(
+        tiny_dir, dataclasses.replace(config, gradient_checkpointing=True), torch.device("cpu")
+    )
+    assert checkpointed.is_gradient_checkpointing
+    assert not plain.is_gradient_checkpointing
+    samples, batch = hand_made_samples(load_tokenizer(tiny_dir))
+
+    def layer_calls(model: Any) -> tuple[list[torch.Tensor], int]:
+        calls = 0
+
+        def count(*_: Any) -> None:
+            nonlocal calls
+            calls += 1
+
+        # one_update deep-copies the model, hook included: the copy's first layer counts here
+        hook = model.model.layers[0].register_forward_pre_hook(count)
+        try:
+            return one_update(model, samples, batch, config), calls
+        finally:
+            hook.remove()
+
+    (expected, plain_calls), (got, checkpointed_calls) = (
+        layer_calls(plain),
+        layer_calls(checkpointed),
+    )
+    assert checkpointed_calls > plain_calls  # backward ran the layer's forward again
+    for a, b in zip(expected, got, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)

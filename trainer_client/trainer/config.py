@@ -76,6 +76,7 @@ class TrainConfig:
     eval_train_prompts: int = 0  # also greedy accuracy on this many training prompts; 0 = off
     device: str = "auto"  # torch device; auto = cuda when available
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: the trainer's passes autocast to bf16
+    gradient_checkpointing: bool = False  # recompute layer activations in backward: less memory
     # -- output ------------------------------------------------------------------------------
     out_dir: str = ""  # metrics, checkpoint and spool; "" = runs/<run_id>
     checkpoint_every: int = 0  # save every this many steps; 0 = only at the end

@@ -433,6 +433,17 @@ def autocast(precision: str, device: torch.device) -> AbstractContextManager[Any
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
+def load_policy(folder: str | Path, config: TrainConfig, device: torch.device) -> Any:
+    """The policy's fp32 master weights on `device` (whatever `precision`), with gradient
+    checkpointing when configured: the update then keeps each layer's input only and recomputes
+    the rest in backward (about a third more compute, activations no longer grow with depth)."""
+    model: Any = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    model.to(device)
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
 def load_tokenizer(folder: str | Path) -> Any:
     """The model's tokenizer, with a pad token: batches are padded (and the padding masked out),
     and not every tokenizer names one (Llama's; SmolLM2's GGUF as transformers 5.17 reads it)."""
@@ -455,8 +466,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     # model and tokenizer: the checkpoint's when resuming, else --model or the warm tiny model
     folder = out / CHECKPOINT if state else model_folder(config)
     print(f"model: {folder} on {device}")
-    model: Any = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    model.to(device)
+    model = load_policy(folder, config, device)
     tokenizer = load_tokenizer(folder)
     reference: Any = None
     if config.kl_coef > 0:  # the KL anchor: the policy the training started from
