@@ -178,3 +178,13 @@ def test_variance_table() -> None:
             )
         )
         assert f" | {cells} |" in text, (name, cells)
+
+
+def test_grpo_figures() -> None:
+    text = subsection("Gradient variance")
+    grpo = results("variance")["grpo"]
+    u_shaped, uniform = grpo["u-shaped"]["mse_to_uniform"], grpo["uniform"]["mse_to_uniform"]
+    for name in ("gvm, algo=grpo (p(1-p) G^2)", "gvm, algo=grpo, accepted samples' norms only"):
+        assert f"**{u_shaped[name]:.3f} / {uniform[name]:.3f}**" in text, name
+    true = "bound: algo=grpo with true p and G"
+    assert f"`G`: {u_shaped[true]:.3f} / {uniform[true]:.3f})" in text
