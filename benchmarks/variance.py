@@ -4,7 +4,9 @@ Setting (the issue's calibration): 256 prompts, N' = 8 pilot samples each, a bud
 per prompt, at least 1 each. True acceptance rates p_i come from four difficulty mixes; true
 gradient norms G_i ~ lognormal(0, 0.5) (prompt-to-prompt spread); one sample's norm is G_i times
 lognormal noise (log-sd 0.3). As in RAFT and the published code, norms are reported for accepted
-samples only, so a prompt with 0/8 tells nothing about its G.
+samples only, so a prompt with 0/8 tells nothing about its G - unless the trainer also reports
+the rejected samples' norms (the optional `rejected_grad_norm*` fields; rows "norms of every
+pilot sample"), which the estimator puts on the accepted norms' scale.
 
 Each strategy sees only the pilot (through the same `estimate` / `allocate` calls the service
 makes) and is scored with the TRUE p and G on the paper's regularised objective
@@ -89,8 +91,8 @@ class Batch:
     g: F64
     stats: PromptStatistics  # norms of accepted samples (RAFT, the published code)
     totals: RunTotals
-    stats_all: PromptStatistics  # norms of every pilot sample (GRPO trains on all of them)
-    totals_all: RunTotals
+    stats_all: PromptStatistics  # and of the rejected ones (rejected_grad_norm_*: GRPO trains
+    totals_all: RunTotals  # on all of them; a RAFT trainer may report them at a pass's cost)
 
 
 def draw_batch(rng: np.random.Generator, mix: tuple[float, float]) -> Batch:
@@ -101,26 +103,32 @@ def draw_batch(rng: np.random.Generator, mix: tuple[float, float]) -> Batch:
     k = correct.sum(axis=1).astype(np.float64)
     norms = g[:, None] * rng.lognormal(-(NORM_NOISE**2) / 2, NORM_NOISE, (M, PILOT))
 
-    def post(reported: NDArray[np.bool_]) -> tuple[PromptStatistics, RunTotals]:
-        norm_sum = (norms * reported).sum(axis=1)
-        norm_count = reported.sum(axis=1).astype(np.float64)
+    def post(with_rejected: bool) -> tuple[PromptStatistics, RunTotals]:
+        """The accepted samples' norms, and the rejected samples' in their own fields."""
+        rejected = ~correct if with_rejected else np.zeros_like(correct)
+        sums = [(norms * kind).sum(axis=1) for kind in (correct, rejected)]
+        counts = [kind.sum(axis=1).astype(np.float64) for kind in (correct, rejected)]
         stats = PromptStatistics(
             samples=np.full(M, float(PILOT)),
             accepted=k,
-            grad_norm_sum=norm_sum,
-            grad_norm_count=norm_count,
+            grad_norm_sum=sums[0],
+            grad_norm_count=counts[0],
             last_step=np.zeros(M, np.int64),
+            rejected_grad_norm_sum=sums[1],
+            rejected_grad_norm_count=counts[1],
         )
         totals = RunTotals(
             samples=float(M * PILOT),
             accepted=float(k.sum()),
-            grad_norm_sum=float(norm_sum.sum()),
-            grad_norm_count=float(norm_count.sum()),
+            grad_norm_sum=float(sums[0].sum()),
+            grad_norm_count=float(counts[0].sum()),
+            rejected_grad_norm_sum=float(sums[1].sum()),
+            rejected_grad_norm_count=float(counts[1].sum()),
         )
         return stats, totals
 
-    stats, totals = post(correct)
-    stats_all, totals_all = post(np.ones_like(correct))
+    stats, totals = post(with_rejected=False)
+    stats_all, totals_all = post(with_rejected=True)
     return Batch(p, g, stats, totals, stats_all, totals_all)
 
 

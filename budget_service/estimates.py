@@ -17,7 +17,10 @@ Model (all documented defaults live in AllocationParams):
   the binomial noise removed (`fit_prior`), or `prior_strength` when the batch is too small
   for a fit. Posterior Beta(mu kappa + accepted, (1 - mu) kappa + samples - accepted).
 - G_i: the mean reported gradient norm shrunk toward the run's pooled mean with
-  `grad_prior_strength` pseudo-norms; E[c_i] ~ g_hat_i^2 E_post[h(p_i)], h(p) =
+  `grad_prior_strength` pseudo-norms. Norms of rejected samples, when a trainer reports them,
+  count as evidence too, rescaled to the accepted samples' level by `rejected_norm_scale`
+  (fitted within prompts that have both kinds); a prompt with 0 of N' accepted then has a G
+  of its own instead of the pooled mean. E[c_i] ~ g_hat_i^2 E_post[h(p_i)], h(p) =
   p^(beta-1) / (p^beta + alpha) (G's posterior spread is ignored). With algo = "grpo",
   h(p) = p (1 - p) (closed form). A run that never reported a (nonzero) norm - external
   trainers such as verl - allocates from acceptance alone: G = 1 everywhere.
@@ -51,6 +54,7 @@ __all__ = [
     "fit_prior_strength",
     "posterior_expected_cost",
     "posterior_mean",
+    "rejected_norm_scale",
 ]
 
 F64 = NDArray[np.float64]
@@ -71,12 +75,20 @@ class PromptStatistics:
     grad_norm_sum: F64  # discounted sum of accepted samples' gradient norms
     grad_norm_count: F64  # discounted number of norms in that sum
     last_step: NDArray[np.int64]  # step of the last update (anything for unseen prompts)
+    rejected_grad_norm_sum: F64 | None = None  # the same for rejected samples (None: zeros)
+    rejected_grad_norm_count: F64 | None = None
 
     @classmethod
     def unseen(cls, m: int) -> PromptStatistics:
         """m prompts the run has never observed."""
         zero = np.zeros(m)
-        return cls(zero, zero, zero, zero, np.zeros(m, np.int64))
+        return cls(zero, zero, zero, zero, np.zeros(m, np.int64), zero, zero)
+
+    def rejected_norms(self) -> tuple[F64, F64]:
+        """Sum and count of the rejected samples' norms (zeros when none were reported)."""
+        zero = np.zeros(self.samples.shape)
+        s, c = self.rejected_grad_norm_sum, self.rejected_grad_norm_count
+        return (zero if s is None else s), (zero if c is None else c)
 
     def __len__(self) -> int:
         return int(self.samples.shape[0])
@@ -91,6 +103,8 @@ class RunTotals:
     grad_norm_sum: float = 0.0
     grad_norm_count: float = 0.0
     last_step: int = 0
+    rejected_grad_norm_sum: float = 0.0
+    rejected_grad_norm_count: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +169,12 @@ def estimate(
     f = decay_factor(step - stats.last_step, params.half_life_steps)
     ft = float(decay_factor(step - totals.last_step, params.half_life_steps))
     samples, accepted, g_sum, g_count = samples * f, accepted * f, g_sum * f, g_count * f
-    pooled_g = totals.grad_norm_sum / totals.grad_norm_count if totals.grad_norm_count > 0 else None
+    r_sum, r_count = stats.rejected_norms()
+    if r_count.any():  # rejected samples' norms, on the accepted samples' scale, join the evidence
+        r_sum, r_count = r_sum * f, r_count * f
+        scale = rejected_norm_scale(g_sum, g_count, r_sum, r_count, totals)
+        g_sum, g_count = g_sum + scale * r_sum, g_count + r_count
+    pooled_g = _pooled_norm(totals)
     if pooled_g is None or pooled_g <= 0:  # no gradient norms in this run: acceptance alone
         g_hat = np.ones_like(samples)
     elif params.prior_strength == 0 or params.grad_prior_strength == 0:
@@ -189,6 +208,43 @@ def estimate(
     )
 
 
+def rejected_norm_scale(
+    g_sum: F64, g_count: F64, r_sum: F64, r_count: F64, totals: RunTotals
+) -> float:
+    """How much larger accepted samples' gradient norms run than rejected samples' (a correct
+    and a wrong answer need not have the same norm). Fitted within the prompts that have both
+    kinds, so prompt difficulty does not confound it: the ratio of their mean norms, each prompt
+    weighted by c_a c_r / (c_a + c_r); else from the run totals; else 1 (no accepted norms to
+    match: the rejected ones set the scale)."""
+    both = (g_count > 0) & (r_count > 0)
+    if int(both.sum()) >= FIT_MIN_PROMPTS:
+        ga, gr, ca, cr = g_sum[both], r_sum[both], g_count[both], r_count[both]
+        weight = ca * cr / (ca + cr)
+        accepted_mean, rejected_mean = (weight * ga / ca).sum(), (weight * gr / cr).sum()
+    else:
+        accepted_mean = _ratio_of(totals.grad_norm_sum, totals.grad_norm_count)
+        rejected_mean = _ratio_of(totals.rejected_grad_norm_sum, totals.rejected_grad_norm_count)
+    if accepted_mean > 0 and rejected_mean > 0:
+        return float(accepted_mean / rejected_mean)
+    return 1.0
+
+
+def _pooled_norm(totals: RunTotals) -> float | None:
+    """The run's mean accepted-sample norm, else its mean rejected-sample norm (the scale the
+    rejected ones are put on when there are no accepted ones); None when no norm was reported."""
+    for s, c in (
+        (totals.grad_norm_sum, totals.grad_norm_count),
+        (totals.rejected_grad_norm_sum, totals.rejected_grad_norm_count),
+    ):
+        if c > 0:
+            return s / c
+    return None
+
+
+def _ratio_of(num: float, den: float) -> float:
+    return num / den if den > 0 else 0.0
+
+
 def _ratio(num: F64, den: F64, default: float) -> F64:
     out = np.full(num.shape, default)
     np.divide(num, den, out=out, where=den > 0)
@@ -197,7 +253,9 @@ def _ratio(num: F64, den: F64, default: float) -> F64:
 
 def _validate(stats: PromptStatistics, totals: RunTotals) -> None:
     m = stats.samples.shape
-    for name in ("samples", "accepted", "grad_norm_sum", "grad_norm_count", "last_step"):
+    names = ("samples", "accepted", "grad_norm_sum", "grad_norm_count", "last_step")
+    optional = ("rejected_grad_norm_sum", "rejected_grad_norm_count")
+    for name in names + tuple(n for n in optional if getattr(stats, n) is not None):
         values = np.asarray(getattr(stats, name))
         if values.ndim != 1 or values.shape != m:
             raise InvalidStatisticsError(
@@ -220,7 +278,7 @@ def _validate(stats: PromptStatistics, totals: RunTotals) -> None:
             f"{float(stats.samples[i])!r}",
             field="stats.accepted",
         )
-    for name in ("samples", "accepted", "grad_norm_sum", "grad_norm_count"):
+    for name in ("samples", "accepted", "grad_norm_sum", "grad_norm_count", *optional):
         value = getattr(totals, name)
         if not math.isfinite(value) or value < 0:
             raise InvalidStatisticsError(

@@ -8,7 +8,7 @@ are checked by `check_*` functions after parsing, so the schema stays static.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Annotated, Any, Literal
@@ -260,7 +260,9 @@ class Observation(WireModel):
 
     Rules across fields (checked for a whole report at once by `check_report`): accepted <=
     samples; grad_norm_sum and grad_norm_count together, count <= accepted; or grad_norms
-    alone, at most `accepted` of them; or no norms at all.
+    alone, at most `accepted` of them; or no norms at all. The rejected samples' norms follow
+    the same rules with samples - accepted in place of accepted: optional, they tell the
+    allocator about G for prompts with few or no accepted samples (GRPO trains on them anyway).
     """
 
     model_config = ConfigDict(
@@ -271,6 +273,8 @@ class Observation(WireModel):
                 {"prompt_id": "gsm8k-0002", "samples": 8, "accepted": 2,
                  "grad_norm_sum": 3.0, "grad_norm_count": 2},
                 {"prompt_id": "gsm8k-0003", "samples": 8, "accepted": 0},
+                {"prompt_id": "gsm8k-0004", "samples": 4, "accepted": 1, "grad_norms": [1.2],
+                 "rejected_grad_norms": [0.9, 1.4, 1.1]},
             ]
         }
     )  # fmt: skip
@@ -289,6 +293,18 @@ class Observation(WireModel):
     grad_norms: list[GradNorm] | None = Field(
         default=None,
         description="The accepted samples' gradient norms (instead of sum and count).",
+    )
+    rejected_grad_norm_sum: GradNorm | None = Field(
+        default=None, description="Optional: sum of rejected samples' gradient norms."
+    )
+    rejected_grad_norm_count: int | None = Field(
+        default=None,
+        ge=0,
+        description="How many norms are in rejected_grad_norm_sum (<= samples - accepted).",
+    )
+    rejected_grad_norms: list[GradNorm] | None = Field(
+        default=None,
+        description="Optional: the rejected samples' gradient norms (instead of sum and count).",
     )
 
 
@@ -405,6 +421,8 @@ class PromptStats(Answer):
     accepted: float
     grad_norm_sum: float
     grad_norm_count: float
+    rejected_grad_norm_sum: float
+    rejected_grad_norm_count: float
     last_step: int
     step: int = Field(description="The step the estimates refer to (the run's last step).")
     p_hat: float
@@ -426,6 +444,8 @@ class RunSummary(Answer):
     accepted: float
     grad_norm_sum: float
     grad_norm_count: float
+    rejected_grad_norm_sum: float
+    rejected_grad_norm_count: float
     last_step: int
     pooled_p: float | None = Field(description="accepted / samples over the run; null if none.")
     pooled_g: float | None = Field(description="Mean gradient norm over the run; null if none.")
@@ -490,10 +510,15 @@ def _limit_error(field: str, rule: str, message: str) -> InvalidRequestError:
     return InvalidRequestError(f"{field}: {message}", field=field, rule=rule)
 
 
+# (rows that break the rule, field, rule name, message for row i)
+Rule = tuple[NDArray[np.bool_], str, str, Callable[[int], str]]
+
+
 def check_report(report: ReportRequest, settings: Settings) -> NDArray[np.float64]:
     """The rules that span fields, and settings-driven limits, checked for every observation
     at once (vectorised: 1,024 observations in well under a millisecond). Returns the
-    increments (n, 4): samples, accepted, grad_norm_sum, grad_norm_count."""
+    increments (n, 6): samples, accepted, grad_norm_sum, grad_norm_count and the rejected
+    samples' norm sum and count."""
     observations = report.observations
     n = len(observations)
     if n > settings.max_report_observations:
@@ -509,37 +534,22 @@ def check_report(report: ReportRequest, settings: Settings) -> NDArray[np.float6
 
     samples = column(o.samples for o in observations)
     accepted = column(o.accepted for o in observations)
-    has_sum = column((o.grad_norm_sum is not None for o in observations), bool)
-    norm_sum = column(o.grad_norm_sum or 0.0 for o in observations)
-    has_count = column((o.grad_norm_count is not None for o in observations), bool)
-    norm_count = column(o.grad_norm_count or 0 for o in observations)
-    has_norms = column((o.grad_norms is not None for o in observations), bool)
     id_length = column((len(o.prompt_id) for o in observations), np.int64)
-    if has_norms.any():
-        norm_sum[has_norms] = [
-            math.fsum(observations[i].grad_norms or ()) for i in np.flatnonzero(has_norms)
-        ]
-        norm_count[has_norms] = [
-            len(observations[i].grad_norms or ()) for i in np.flatnonzero(has_norms)
-        ]
-
     limit = settings.max_prompt_id_length
-    rules: list[tuple[NDArray[np.bool_], str, str, Callable[[int], str]]] = [
+    rules: list[Rule] = [
         (id_length > limit, "prompt_id", "max_length",
          lambda i: f"is {id_length[i]} chars, longer than GVM_MAX_PROMPT_ID_LENGTH ({limit})"),
         (accepted > samples, "accepted", "accepted_le_samples",
          lambda i: f"must be <= samples ({samples[i]:.0f})"),
-        (has_sum != has_count, "grad_norm_count", "grad_norm_pair",
-         lambda i: "grad_norm_sum and grad_norm_count must be given together"),
-        (has_count & ~has_norms & (norm_count > accepted), "grad_norm_count", "count_le_accepted",
-         lambda i: f"must be <= accepted ({accepted[i]:.0f})"),
-        (has_count & has_sum & (norm_count == 0) & (norm_sum > 0), "grad_norm_count",
-         "zero_count_sum", lambda i: "is 0 but grad_norm_sum is not"),
-        (has_norms & (has_sum | has_count), "grad_norms", "norms_or_sum",
-         lambda i: "give grad_norms or grad_norm_sum with grad_norm_count, not both"),
-        (has_norms & (norm_count > accepted), "grad_norms", "norms_le_accepted",
-         lambda i: f"has {norm_count[i]:.0f} entries, more than accepted ({accepted[i]:.0f})"),
     ]  # fmt: skip
+    norm_sum, norm_count, accepted_rules = _norm_columns(
+        observations, "", accepted, "accepted", "accepted"
+    )
+    rejected = np.maximum(samples - accepted, 0)
+    rejected_sum, rejected_count, rejected_rules = _norm_columns(
+        observations, "rejected_", rejected, "samples - accepted", "rejected"
+    )
+    rules += accepted_rules + rejected_rules
     details = [
         {"field": f"observations[{i}].{name}", "rule": rule, "message": message(i)}
         for mask, name, rule, message in rules
@@ -556,7 +566,44 @@ def check_report(report: ReportRequest, settings: Settings) -> NDArray[np.float6
         raise InvalidRequestError(
             message, field=first["field"], rule=first["rule"], details=details
         )
-    return np.column_stack([samples, accepted, norm_sum, norm_count])
+    return np.column_stack([samples, accepted, norm_sum, norm_count, rejected_sum, rejected_count])
+
+
+def _norm_columns(
+    observations: Sequence[Observation],
+    prefix: str,
+    bound: NDArray[np.float64],
+    bound_text: str,
+    kind: str,
+) -> tuple[NDArray[np.float64], NDArray[np.float64], list[Rule]]:
+    """Sum and count of one kind of norms (`prefix` "" for the accepted samples', "rejected_"
+    for the rejected samples'), from either the list or the pair, and the rules they obey: at
+    most `bound` norms per observation."""
+    n = len(observations)
+    sums = [getattr(o, f"{prefix}grad_norm_sum") for o in observations]
+    counts = [getattr(o, f"{prefix}grad_norm_count") for o in observations]
+    lists = [getattr(o, f"{prefix}grad_norms") for o in observations]
+    has_sum = np.fromiter((v is not None for v in sums), bool, n)
+    has_count = np.fromiter((v is not None for v in counts), bool, n)
+    has_norms = np.fromiter((v is not None for v in lists), bool, n)
+    norm_sum = np.fromiter((v or 0.0 for v in sums), np.float64, n)
+    norm_count = np.fromiter((v or 0 for v in counts), np.float64, n)
+    for i in np.flatnonzero(has_norms).tolist():
+        norm_sum[i], norm_count[i] = math.fsum(lists[i]), len(lists[i])
+    names = (f"{prefix}grad_norm_sum", f"{prefix}grad_norm_count", f"{prefix}grad_norms")
+    rules: list[Rule] = [
+        (has_sum != has_count, names[1], "grad_norm_pair",
+         lambda i: f"{names[0]} and {names[1]} must be given together"),
+        (has_count & ~has_norms & (norm_count > bound), names[1], f"count_le_{kind}",
+         lambda i: f"must be <= {bound_text} ({bound[i]:.0f})"),
+        (has_count & has_sum & (norm_count == 0) & (norm_sum > 0), names[1],
+         "zero_count_sum", lambda i: f"is 0 but {names[0]} is not"),
+        (has_norms & (has_sum | has_count), names[2], "norms_or_sum",
+         lambda i: f"give {names[2]} or {names[0]} with {names[1]}, not both"),
+        (has_norms & (norm_count > bound), names[2], f"norms_le_{kind}",
+         lambda i: f"has {norm_count[i]:.0f} entries, more than {bound_text} ({bound[i]:.0f})"),
+    ]  # fmt: skip
+    return norm_sum, norm_count, rules
 
 
 def check_allocation_limits(request: AllocationRequest, settings: Settings) -> None:

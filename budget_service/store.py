@@ -10,14 +10,16 @@ Cluster slot and every script below touches keys of one slot only):
     gvm:{RUN}:reports  zset    report_id -> Redis server time (ms) it was applied
     gvm:{RUN}:latest   string  JSON of the last Allocation served
 
-A record is 40 bytes, five little-endian float64: samples, accepted, grad_norm_sum,
-grad_norm_count, last_step. Binary keeps every bit (no decimal round trip) and lets a read of
-1,024 prompts be one `numpy.frombuffer` instead of 5,120 float parses.
+A record is 56 bytes, seven little-endian float64: samples, accepted, grad_norm_sum,
+grad_norm_count, last_step, rejected_grad_norm_sum, rejected_grad_norm_count. Binary keeps every
+bit (no decimal round trip) and lets a read of 1,024 prompts be one `numpy.frombuffer` instead
+of 7,168 float parses. Records written before the rejected samples' norms existed are the first
+40 bytes of that layout: every script and read takes them as zeros for the last two fields.
 
 Writes: `report` applies a whole report in one script: existence of the run, idempotency check
-on `report_id`, decay to the report's step (INTERFACES.md §1), increments, run totals, and the
-report id record, all in one atomic step that reaches the AOF as one unit. Report ids are kept
-for `report_id_ttl_s` (by Redis server time) and at most `report_id_max` per run.
+on `report_id`, decay to the report's step (the rule in estimates.py), increments, run totals,
+and the report id record, all in one atomic step that reaches the AOF as one unit. Report ids are
+kept for `report_id_ttl_s` (by Redis server time) and at most `report_id_max` per run.
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ from budget_service.settings import Settings
 T = TypeVar("T")
 
 RECORD: Final = np.dtype("<f8")
-RECORD_FIELDS: Final = 5  # samples, accepted, grad_norm_sum, grad_norm_count, last_step
+# samples, accepted, grad_norm_sum, grad_norm_count, last_step, rejected sum, rejected count
+RECORD_FIELDS: Final = 7
 RECORD_BYTES: Final = RECORD_FIELDS * RECORD.itemsize
 _MISSING: Final = bytes(RECORD_BYTES)
 
@@ -66,6 +69,15 @@ local function split_ids(lengths, blob)
   end
   return ids
 end
+-- A record as a table of its seven fields; one of the 40-byte layout gets zero rejected norms.
+local function unpack_record(s)
+  if #s == 40 then
+    local r = {struct.unpack('<ddddd', s)}
+    r[6], r[7] = 0, 0
+    return r
+  end
+  return {struct.unpack('<ddddddd', s)}
+end
 local function hmget(key, ids)
   local values = {}
   for lo = 1, #ids, CHUNK do
@@ -77,7 +89,8 @@ end
 """
 
 # KEYS: run, stats, totals, reports, latest
-# ARGV: report_id, step, window_ms, max_ids, ttl_ms, numbers (n x 4 float64 LE), id lengths, ids
+# ARGV: report_id, step, window_ms, max_ids, ttl_ms, numbers (n x 6 float64 LE: the record's
+# fields but last_step), id lengths, ids
 # -> {applied, duplicate}; {-1, 0} when the run does not exist.
 _REPORT = (
     _LUA_HELPERS
@@ -99,35 +112,43 @@ local function decay(elapsed)
 end
 -- Stored values at step s seen at step t >= s are scaled by decay(t - s); an observation older
 -- than the stored last_step is itself scaled by decay(s - t) and last_step stays.
-local function merge(rec, ds, da, dgs, dgc)
-  if rec == nil then return {ds, da, dgs, dgc, step} end
-  if step >= rec[5] then
+local SUMMED = {1, 2, 3, 4, 6, 7}  -- the record fields that add up (5 is last_step)
+local function merge(rec, d)
+  local out = {}
+  if rec == nil then
+    for k = 1, 6 do out[SUMMED[k]] = d[k] end
+    out[5] = step
+  elseif step >= rec[5] then
     local f = decay(step - rec[5])
-    return {rec[1] * f + ds, rec[2] * f + da, rec[3] * f + dgs, rec[4] * f + dgc, step}
+    for k = 1, 6 do out[SUMMED[k]] = rec[SUMMED[k]] * f + d[k] end
+    out[5] = step
+  else
+    local f = decay(rec[5] - step)
+    for k = 1, 6 do out[SUMMED[k]] = rec[SUMMED[k]] + d[k] * f end
+    out[5] = rec[5]
   end
-  local f = decay(rec[5] - step)
-  return {rec[1] + ds * f, rec[2] + da * f, rec[3] + dgs * f, rec[4] + dgc * f, rec[5]}
+  return out
 end
 local function pack(rec)
-  return struct.pack('<ddddd', rec[1], rec[2], rec[3], rec[4], rec[5])
+  return struct.pack('<ddddddd', rec[1], rec[2], rec[3], rec[4], rec[5], rec[6], rec[7])
 end
 
 local stored = hmget(KEYS[2], ids)
 
 local recs, order = {}, {}
-local ts, ta, tgs, tgc = 0, 0, 0, 0
+local total = {0, 0, 0, 0, 0, 0}
 local pos = 1
 for i = 1, n do
   local pid = ids[i]
-  local ds, da, dgs, dgc
-  ds, da, dgs, dgc, pos = struct.unpack('<dddd', numbers, pos)
+  local d = {struct.unpack('<dddddd', numbers, pos)}
+  pos = d[7]
   local rec = recs[pid]
   if rec == nil then
     order[#order + 1] = pid
-    if stored[i] then rec = {struct.unpack('<ddddd', stored[i])} end
+    if stored[i] then rec = unpack_record(stored[i]) end
   end
-  recs[pid] = merge(rec, ds, da, dgs, dgc)
-  ts, ta, tgs, tgc = ts + ds, ta + da, tgs + dgs, tgc + dgc
+  recs[pid] = merge(rec, d)
+  for k = 1, 6 do total[k] = total[k] + d[k] end
 end
 
 local out = {}
@@ -141,8 +162,8 @@ if #out > 0 then redis.call('HSET', KEYS[2], unpack(out)) end
 
 local totals = redis.call('GET', KEYS[3])
 local trec = nil
-if totals then trec = {struct.unpack('<ddddd', totals)} end
-redis.call('SET', KEYS[3], pack(merge(trec, ts, ta, tgs, tgc)))
+if totals then trec = unpack_record(totals) end
+redis.call('SET', KEYS[3], pack(merge(trec, total)))
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -156,7 +177,7 @@ return {n, 0}
 )
 
 # KEYS: run, stats, totals; ARGV: id lengths, ids
-# -> {config, totals|nil, records (n x 40 bytes, zeros where missing), seen ("1"/"0" per id)},
+# -> {config, totals|nil, records (n x 56 bytes, zeros where missing), seen ("1"/"0" per id)},
 # or nil when the run does not exist. Two strings instead of n replies: less to parse.
 _READ = (
     _LUA_HELPERS
@@ -164,10 +185,12 @@ _READ = (
 local config = redis.call('HGET', KEYS[1], 'config')
 if not config then return nil end
 local values = hmget(KEYS[2], split_ids(ARGV[1], ARGV[2]))
-local zero = string.rep('\\0', 40)
+local zero, old_tail = string.rep('\\0', 56), string.rep('\\0', 16)
 local records, seen = {}, {}
 for i = 1, #values do
-  if values[i] then records[i] = values[i]; seen[i] = '1' else records[i] = zero; seen[i] = '0' end
+  if not values[i] then records[i] = zero; seen[i] = '0'
+  elseif #values[i] == 40 then records[i] = values[i] .. old_tail; seen[i] = '1'
+  else records[i] = values[i]; seen[i] = '1' end
 end
 return {config, redis.call('GET', KEYS[3]), table.concat(records), table.concat(seen)}
 """
@@ -253,7 +276,7 @@ class Report:
     report_id: str
     step: int
     prompt_ids: Sequence[str]
-    increments: NDArray[np.float64]  # (n, 4): samples, accepted, grad_norm_sum, grad_norm_count
+    increments: NDArray[np.float64]  # (n, 6): the record's fields but last_step, in its order
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,8 +304,11 @@ class RunCounts:
 
 
 def _records(values: Sequence[bytes | None]) -> NDArray[np.float64]:
-    """Decode packed records into an (n, 5) array; missing records are zeros."""
-    return _record_blob(b"".join(_MISSING if v is None else v for v in values))
+    """Decode packed records into an (n, 7) array; missing records are zeros, and so are the
+    rejected norms of a record of the older 40-byte layout."""
+    return _record_blob(
+        b"".join(_MISSING if v is None else v.ljust(RECORD_BYTES, b"\0") for v in values)
+    )
 
 
 def _record_blob(blob: bytes) -> NDArray[np.float64]:
@@ -297,13 +323,15 @@ def _pack_ids(prompt_ids: Sequence[str]) -> tuple[bytes, bytes]:
 
 
 def _totals(value: bytes | None) -> RunTotals:
-    s, a, gs, gc, last = _records([value])[0]
+    s, a, gs, gc, last, rs, rc = _records([value])[0]
     return RunTotals(
         samples=float(s),
         accepted=float(a),
         grad_norm_sum=float(gs),
         grad_norm_count=float(gc),
         last_step=int(last),
+        rejected_grad_norm_sum=float(rs),
+        rejected_grad_norm_count=float(rc),
     )
 
 
@@ -314,6 +342,8 @@ def _statistics(records: NDArray[np.float64]) -> PromptStatistics:
         grad_norm_sum=records[:, 2].copy(),
         grad_norm_count=records[:, 3].copy(),
         last_step=records[:, 4].astype(np.int64),
+        rejected_grad_norm_sum=records[:, 5].copy(),
+        rejected_grad_norm_count=records[:, 6].copy(),
     )
 
 

@@ -153,6 +153,47 @@ def test_report_allocate_inspect_cycle(client: httpx.Client, run_id: str) -> Non
     assert len(result.p_hat_histogram.edges) == len(result.p_hat_histogram.counts) + 1
 
 
+def test_rejected_samples_norms_are_stored_and_give_a_prompt_its_own_g(
+    client: httpx.Client, run_id: str
+) -> None:
+    base = f"/v1/runs/{run_id}"
+    assert client.put(base, json={}).status_code == 201
+    observations = [  # the same prompts twice: without and with the rejected samples' norms
+        {"prompt_id": "solved", "samples": 8, "accepted": 4, "grad_norms": [1.0] * 4},
+        {"prompt_id": "big", "samples": 8, "accepted": 0},
+        {"prompt_id": "small", "samples": 8, "accepted": 0},
+    ]
+    extra = [
+        {"rejected_grad_norms": [0.5] * 4},
+        {"rejected_grad_norms": [4.0] * 8},
+        {"rejected_grad_norm_sum": 0.8, "rejected_grad_norm_count": 8},
+    ]
+    plain = {"report_id": "plain", "step": 1, "observations": observations}
+    assert client.post(f"{base}/observations", json=plain).status_code == 200
+    g_plain = {p: client.get(f"{base}/prompts/{p}").json()["g_hat"] for p in ("big", "small")}
+    assert g_plain["big"] == g_plain["small"]  # nothing tells them apart: the pooled norm
+
+    with_rejected = {
+        "report_id": "with-rejected",
+        "step": 1,
+        "observations": [o | e for o, e in zip(observations, extra, strict=True)],
+    }
+    assert client.post(f"{base}/observations", json=with_rejected).status_code == 200
+    big = PromptStats.model_validate(client.get(f"{base}/prompts/big").json())
+    small = PromptStats.model_validate(client.get(f"{base}/prompts/small").json())
+    assert (big.rejected_grad_norm_sum, big.rejected_grad_norm_count) == (32.0, 8)
+    assert (small.rejected_grad_norm_sum, small.rejected_grad_norm_count) == (0.8, 8)
+    assert big.g_hat > g_plain["big"] > small.g_hat
+    summary = RunSummary.model_validate(client.get(f"{base}/summary").json())
+    assert summary.rejected_grad_norm_count == 20
+
+    served = client.post(
+        f"{base}/allocations", json={"prompt_ids": ["big", "small"], "budget": 20}
+    ).json()
+    samples = {item["prompt_id"]: item["samples"] for item in served["items"]}
+    assert samples["big"] > samples["small"]
+
+
 def test_allocation_step_defaults_to_last_reported(client: httpx.Client, run_id: str) -> None:
     base = f"/v1/runs/{run_id}"
     client.put(base, json={})

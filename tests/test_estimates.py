@@ -3,6 +3,7 @@ decay, posterior expected costs."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -18,6 +19,7 @@ from budget_service.estimates import (
     fit_prior_strength,
     posterior_expected_cost,
     posterior_mean,
+    rejected_norm_scale,
 )
 
 
@@ -313,3 +315,59 @@ def test_from_rates_and_the_explore_mask() -> None:
     assert est.explore_mask().tolist() == [True, False]
     assert PromptStatistics.unseen(3).samples.tolist() == [0.0, 0.0, 0.0]
     assert len(PromptStatistics.unseen(3)) == 3
+
+
+def test_rejected_norms_set_the_g_of_prompts_without_accepted_ones() -> None:
+    """Rejected samples' norms, put on the accepted norms' scale (fitted within the prompts that
+    have both kinds), give a 0/8 prompt a G of its own; gvm-paper keeps the published rule."""
+    rng = np.random.default_rng(3)
+    m = 40
+    g_true = rng.lognormal(0.0, 0.5, m)
+    accepted = np.where(np.arange(m) < 30, 4.0, 0.0)  # the last 10 prompts: 0 of 8 accepted
+    rejected = 8.0 - accepted
+    # Rejected samples' norms run at half the accepted ones' (the scale the fit must find).
+    base = stats([8.0] * m, accepted.tolist(), (g_true * accepted).tolist(), accepted.tolist())
+    with_rejected = dataclasses.replace(
+        base, rejected_grad_norm_sum=0.5 * g_true * rejected, rejected_grad_norm_count=rejected
+    )
+    totals = RunTotals(
+        samples=8.0 * m,
+        accepted=float(accepted.sum()),
+        grad_norm_sum=float((g_true * accepted).sum()),
+        grad_norm_count=float(accepted.sum()),
+        rejected_grad_norm_sum=float((0.5 * g_true * rejected).sum()),
+        rejected_grad_norm_count=float(rejected.sum()),
+    )
+    params = AllocationParams()
+    scale = rejected_norm_scale(
+        base.grad_norm_sum, base.grad_norm_count, *with_rejected.rejected_norms(), totals
+    )
+    assert scale == pytest.approx(2.0)
+
+    without = estimate(base, totals, 0, params).g_hat
+    informed = estimate(with_rejected, totals, 0, params).g_hat
+    pooled = totals.grad_norm_sum / totals.grad_norm_count
+    np.testing.assert_allclose(without[30:], pooled)  # nothing tells the unsolved apart
+    # Every prompt now has 8 norms on one scale (4 + 2 x 2 x 4 rejected, or 2 x 0.5 x 8),
+    # shrunk toward the pooled norm by grad_prior_strength pseudo-norms.
+    strength = params.grad_prior_strength
+    np.testing.assert_allclose(informed, (8 * g_true + strength * pooled) / (8 + strength))
+
+    paper = AllocationParams(strategy="gvm-paper")
+    np.testing.assert_array_equal(
+        estimate(with_rejected, totals, 0, paper).g_hat, estimate(base, totals, 0, paper).g_hat
+    )
+
+
+def test_rejected_norms_alone_set_the_scale() -> None:
+    """A run that reports only rejected samples' norms still gets per-prompt G (scale 1)."""
+    base = stats([8.0, 8.0], [0.0, 0.0])
+    with_rejected = dataclasses.replace(
+        base,
+        rejected_grad_norm_sum=np.array([8.0, 24.0]),
+        rejected_grad_norm_count=np.array([8.0, 8.0]),
+    )
+    totals = RunTotals(samples=16.0, rejected_grad_norm_sum=32.0, rejected_grad_norm_count=16.0)
+    g_hat = estimate(with_rejected, totals, 0, AllocationParams()).g_hat
+    assert estimate(base, totals, 0, AllocationParams()).g_hat.tolist() == [2.0, 2.0]  # pooled
+    assert g_hat[0] < 2.0 < g_hat[1]  # around the pooled 2.0, each toward its own 1 and 3

@@ -61,6 +61,8 @@ CROSS_FIELD_RULES = frozenset(
         "zero_count_sum",  # grad_norm_count 0 with a positive sum
         "norms_or_sum",  # grad_norms or sum/count, not both
         "norms_le_accepted",  # at most `accepted` norms
+        "count_le_rejected",  # rejected_grad_norm_count <= samples - accepted
+        "norms_le_rejected",  # at most `samples - accepted` rejected norms
         "min_le_max",  # config: min_samples <= max_samples
         "beta_ge_1",  # config: beta >= 1 unless strategy is gvm-paper
         "alpha_min",  # config: alpha >= 1e-9 unless strategy is gvm-paper

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,14 +19,17 @@ from budget_service.settings import Settings
 from budget_service.store import Report, Store, run_keys
 
 
-def make_report(
-    report_id: str, step: int, rows: list[tuple[str, float, float, float, float]]
-) -> Report:
+def make_report(report_id: str, step: int, rows: list[tuple[Any, ...]]) -> Report:
+    """Rows of (prompt_id, samples, accepted, grad_norm_sum, grad_norm_count[, rejected_sum,
+    rejected_count]): the rejected samples' norms are zero where a row leaves them out."""
+    increments = np.zeros((len(rows), 6))
+    for i, row in enumerate(rows):
+        increments[i, : len(row) - 1] = row[1:]
     return Report(
         report_id=report_id,
         step=step,
         prompt_ids=[r[0] for r in rows],
-        increments=np.array([r[1:] for r in rows], dtype=np.float64).reshape(-1, 4),
+        increments=increments,
     )
 
 
@@ -40,10 +44,11 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
 
 
 def reference(
-    events: list[tuple[int, tuple[float, float, float, float]]], half_life: float | None
+    events: list[tuple[int, tuple[float, ...]]], half_life: float | None
 ) -> tuple[list[float], int]:
-    """INTERFACES.md section 1's decay rule, applied one observation at a time."""
-    record, last = [0.0, 0.0, 0.0, 0.0], None
+    """The decay rule (estimates.py, README "State in Redis"), one observation at a time."""
+    record: list[float] = []
+    last = None
     for step, delta in events:
         if last is None:
             record, last = list(delta), step
@@ -69,19 +74,19 @@ async def test_report_script_applies_the_decay_rule(
 ) -> None:
     await store.put_run(run_id, "{}", half_life)
     rng = random.Random(11)
-    events: dict[str, list[tuple[int, tuple[float, float, float, float]]]] = {"a": [], "b": []}
-    pooled: list[tuple[int, tuple[float, float, float, float]]] = []
+    events: dict[str, list[tuple[int, tuple[float, ...]]]] = {"a": [], "b": []}
+    pooled: list[tuple[int, tuple[float, ...]]] = []
     steps = [0, 2, 2, 5, 3, 9, 1, 12, 12, 4]  # out-of-order steps included
     for n, step in enumerate(steps):
-        rows: list[tuple[str, float, float, float, float]] = []
+        rows: list[tuple[Any, ...]] = []
         for prompt_id in ("a", "b", "a"):  # a prompt twice in one report: applied in order
             samples = float(rng.randint(1, 8))
             accepted = float(rng.randint(0, int(samples)))
-            delta = (samples, accepted, accepted * 0.37, accepted)
+            rejected = samples - accepted
+            delta = (samples, accepted, accepted * 0.37, accepted, rejected * 0.29, rejected)
             rows.append((prompt_id, *delta))
             events[prompt_id].append((step, delta))
-        columns = [sum(float(r[c]) for r in rows) for c in range(1, 5)]
-        pooled.append((step, (columns[0], columns[1], columns[2], columns[3])))
+        pooled.append((step, tuple(sum(float(r[c]) for r in rows) for c in range(1, 7))))
         result = await store.apply_report(run_id, make_report(f"r{n}", step, rows))
         assert (result.applied, result.duplicate) == (3, False)
 
@@ -95,6 +100,7 @@ async def test_report_script_applies_the_decay_rule(
             stats.accepted[i],
             stats.grad_norm_sum[i],
             stats.grad_norm_count[i],
+            *(column[i] for column in stats.rejected_norms()),
         ]
         assert got == pytest.approx(expected, rel=1e-12, abs=0)
         assert stats.last_step[i] == last
@@ -102,7 +108,14 @@ async def test_report_script_applies_the_decay_rule(
     # Totals pool every prompt under the same rule, one report at a time.
     expected_totals, last_total = reference(pooled, half_life)
     totals = snapshot.totals
-    got_totals = [totals.samples, totals.accepted, totals.grad_norm_sum, totals.grad_norm_count]
+    got_totals = [
+        totals.samples,
+        totals.accepted,
+        totals.grad_norm_sum,
+        totals.grad_norm_count,
+        totals.rejected_grad_norm_sum,
+        totals.rejected_grad_norm_count,
+    ]
     assert got_totals == pytest.approx(expected_totals, rel=1e-12, abs=0)
     assert totals.last_step == last_total == 12
 
@@ -114,6 +127,31 @@ async def test_values_round_trip_bit_exact(store: Store, run_id: str) -> None:
     stats = (await store.read_batch(run_id, ["x"])).stats
     assert stats.grad_norm_sum[0] == 0.1 + 0.2
     assert stats.last_step[0] == 2**40
+
+
+async def test_records_of_the_40_byte_layout_read_and_merge_with_zero_rejected_norms(
+    store: Store, run_id: str
+) -> None:
+    """Records written before the rejected samples' norms (five float64) stay valid."""
+    await store.put_run(run_id, "{}", None)
+    _, stats_key, totals_key, _, _ = run_keys(run_id)
+    old = np.array([4.0, 1.0, 0.5, 1.0, 3.0]).tobytes()
+    await store._client.hset(stats_key, "old", old)
+    await store._client.set(totals_key, old)
+    snapshot = await store.read_batch(run_id, ["old"])
+    assert snapshot.seen.tolist() == [True]
+    assert snapshot.stats.samples[0] == 4.0
+    assert [c[0] for c in snapshot.stats.rejected_norms()] == [0.0, 0.0]
+    pages = [page async for page in store.scan_statistics(run_id)]
+    assert [c[0] for c in pages[0].rejected_norms()] == [0.0, 0.0]
+
+    await store.apply_report(run_id, make_report("r", 3, [("old", 4.0, 2.0, 1.5, 2.0, 0.8, 2.0)]))
+    snapshot = await store.read_batch(run_id, ["old"])
+    stats, totals = snapshot.stats, snapshot.totals
+    assert [stats.samples[0], stats.accepted[0], stats.grad_norm_sum[0]] == [8.0, 3.0, 2.0]
+    assert [c[0] for c in stats.rejected_norms()] == [0.8, 2.0]
+    assert (totals.samples, totals.rejected_grad_norm_sum) == (8.0, 0.8)
+    assert len(await store._client.hget(stats_key, "old")) == 56
 
 
 async def test_big_reports_and_reads_cross_the_lua_unpack_limit(store: Store, run_id: str) -> None:

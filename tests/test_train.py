@@ -26,6 +26,7 @@ from trainer_client.trainer.train import (
     Samples,
     batch_indices,
     load_policy,
+    load_problems,
     load_tokenizer,
     main,
     minibatches,
@@ -139,6 +140,24 @@ def test_allocations_follow_the_statistics(
     assert latest.predicted_variance is not None
     assert latest.uniform_variance is not None
     assert latest.predicted_variance < latest.uniform_variance
+
+
+def test_rejected_samples_norms_reach_the_service_when_asked_for(
+    model_dir: Path, service_url: str, run_id: str, tmp_path: Path
+) -> None:
+    config = small(
+        model_dir, service_url, tmp_path, run_id=run_id, steps=1, report_rejected_norms=True,
+        allocation="uniform", train_prompts=4,
+    )  # fmt: skip
+    train(config)
+    with BudgetClient(service_url) as client:
+        summary = client.summary(run_id)
+        stats = [client.prompt_stats(run_id, p.prompt_id) for p in load_problems(config)[0]]
+    assert summary.rejected_grad_norm_count == summary.samples - summary.accepted > 0
+    for prompt in stats:  # one step, no decay: a norm for every sample, each kind apart
+        assert prompt.grad_norm_count == prompt.accepted
+        assert prompt.rejected_grad_norm_count == prompt.samples - prompt.accepted
+    assert all(p.rejected_grad_norm_sum > 0 for p in stats if p.samples > p.accepted)
 
 
 def test_uniform_allocation_with_a_kl_anchor(

@@ -71,7 +71,9 @@ class Run(_Answer):
 
 class Observation(BaseModel):
     """What a trainer saw for one prompt: samples drawn, how many were accepted, and optionally
-    the gradient norms of the accepted ones (a list, or their sum and count).
+    the gradient norms of the accepted ones (a list, or their sum and count) and of the rejected
+    ones (the same, ``rejected_`` in front: optional, they give prompts with few or no accepted
+    samples a gradient norm of their own).
 
     Checked here with the service's rules, so a report that goes to the spool is one the service
     will accept later.
@@ -85,30 +87,57 @@ class Observation(BaseModel):
     grad_norms: list[float] | None = None
     grad_norm_sum: float | None = Field(default=None, ge=0)
     grad_norm_count: int | None = Field(default=None, ge=0)
+    rejected_grad_norms: list[float] | None = None
+    rejected_grad_norm_sum: float | None = Field(default=None, ge=0)
+    rejected_grad_norm_count: int | None = Field(default=None, ge=0)
 
     @model_validator(mode="after")
     def _check(self) -> Observation:
         if self.accepted > self.samples:
             raise ValueError(f"accepted ({self.accepted}) must be <= samples ({self.samples})")
-        if self.grad_norms is not None:
-            if self.grad_norm_sum is not None or self.grad_norm_count is not None:
-                raise ValueError("give grad_norms or grad_norm_sum/grad_norm_count, not both")
-            if len(self.grad_norms) > self.accepted:
-                raise ValueError("grad_norms has more entries than accepted samples")
-            if not all(math.isfinite(g) and g >= 0 for g in self.grad_norms):
-                raise ValueError("grad_norms must be finite and >= 0")
-        if (self.grad_norm_sum is None) != (self.grad_norm_count is None):
-            raise ValueError("grad_norm_sum and grad_norm_count go together")
-        if self.grad_norm_sum is not None and not math.isfinite(self.grad_norm_sum):
-            raise ValueError("grad_norm_sum must be finite")
-        if self.grad_norm_count is not None and self.grad_norm_count > self.accepted:
-            raise ValueError("grad_norm_count must be <= accepted")
-        if self.grad_norm_count == 0 and self.grad_norm_sum:
-            raise ValueError("grad_norm_count is 0 but grad_norm_sum is not")
+        for prefix, most, what in (
+            ("", self.accepted, "accepted"),
+            ("rejected_", self.samples - self.accepted, "samples - accepted"),
+        ):
+            _check_norms(
+                f"{prefix}grad_norm",
+                getattr(self, f"{prefix}grad_norms"),
+                getattr(self, f"{prefix}grad_norm_sum"),
+                getattr(self, f"{prefix}grad_norm_count"),
+                most,
+                what,
+            )
         return self
 
     def to_wire(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=True)
+
+
+def _check_norms(
+    name: str,
+    norms: list[float] | None,
+    total: float | None,
+    count: int | None,
+    most: int,
+    what: str,
+) -> None:
+    """One kind of norms (`name` "grad_norm" or "rejected_grad_norm"): a list, or sum and count,
+    finite, >= 0, at most `most` of them (`what` says which bound)."""
+    if norms is not None:
+        if total is not None or count is not None:
+            raise ValueError(f"give {name}s or {name}_sum/{name}_count, not both")
+        if len(norms) > most:
+            raise ValueError(f"{name}s has more entries than {what} ({most})")
+        if not all(math.isfinite(g) and g >= 0 for g in norms):
+            raise ValueError(f"{name}s must be finite and >= 0")
+    if (total is None) != (count is None):
+        raise ValueError(f"{name}_sum and {name}_count go together")
+    if total is not None and not math.isfinite(total):
+        raise ValueError(f"{name}_sum must be finite")
+    if count is not None and count > most:
+        raise ValueError(f"{name}_count must be <= {what} ({most})")
+    if count == 0 and total:
+        raise ValueError(f"{name}_count is 0 but {name}_sum is not")
 
 
 class ReportResult(_Answer):
@@ -161,6 +190,8 @@ class PromptStats(_Answer):
     accepted: float
     grad_norm_sum: float
     grad_norm_count: float
+    rejected_grad_norm_sum: float = 0.0  # services from before the rejected samples' norms
+    rejected_grad_norm_count: float = 0.0
     last_step: int
     step: int | None = None  # the step the estimates refer to
     p_hat: float
@@ -182,6 +213,8 @@ class RunSummary(_Answer):
     accepted: float
     grad_norm_sum: float = 0.0
     grad_norm_count: float = 0.0
+    rejected_grad_norm_sum: float = 0.0
+    rejected_grad_norm_count: float = 0.0
     last_step: int = 0
     pooled_p: float | None = None
     pooled_g: float | None = None

@@ -29,12 +29,15 @@ async def get_prompt(
     step = max(snapshot.totals.last_step, 0)
     estimates = estimate(snapshot.stats, snapshot.totals, step, params)
     stats = snapshot.stats
+    rejected_sum, rejected_count = stats.rejected_norms()
     return PromptStats(
         prompt_id=prompt_id,
         samples=float(stats.samples[0]),
         accepted=float(stats.accepted[0]),
         grad_norm_sum=float(stats.grad_norm_sum[0]),
         grad_norm_count=float(stats.grad_norm_count[0]),
+        rejected_grad_norm_sum=float(rejected_sum[0]),
+        rejected_grad_norm_count=float(rejected_count[0]),
         last_step=int(stats.last_step[0]),
         step=step,
         p_hat=float(estimates.p_hat[0]),

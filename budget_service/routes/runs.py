@@ -104,6 +104,8 @@ async def get_summary(run_id: RunIdPath, store: StoreDep) -> RunSummary:
         accepted=totals.accepted,
         grad_norm_sum=totals.grad_norm_sum,
         grad_norm_count=totals.grad_norm_count,
+        rejected_grad_norm_sum=totals.rejected_grad_norm_sum,
+        rejected_grad_norm_count=totals.rejected_grad_norm_count,
         last_step=totals.last_step,
         pooled_p=totals.accepted / totals.samples if totals.samples > 0 else None,
         pooled_g=(

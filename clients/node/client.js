@@ -26,6 +26,9 @@ import { setTimeout as sleep } from "node:timers/promises";
  * @property {number[]} [grad_norms] gradient norms of the accepted samples, or instead:
  * @property {number} [grad_norm_sum] their sum, with
  * @property {number} [grad_norm_count] how many norms are in the sum
+ * @property {number[]} [rejected_grad_norms] optional: the rejected samples' norms, or instead:
+ * @property {number} [rejected_grad_norm_sum] their sum, with
+ * @property {number} [rejected_grad_norm_count] how many (<= samples - accepted)
  */
 
 /**
@@ -227,8 +230,8 @@ export class BudgetClient {
    * @param {string} runId
    * @param {string} promptId
    * @returns {Promise<{prompt_id: string, samples: number, accepted: number,
-   *   grad_norm_sum: number, grad_norm_count: number, last_step: number, p_hat: number,
-   *   g_hat: number}>}
+   *   grad_norm_sum: number, grad_norm_count: number, rejected_grad_norm_sum: number,
+   *   rejected_grad_norm_count: number, last_step: number, p_hat: number, g_hat: number}>}
    */
   promptStats(runId, promptId) {
     return this.#call("GET", `/v1/runs/${segment(runId)}/prompts/${segment(promptId)}`);

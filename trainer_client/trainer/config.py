@@ -53,6 +53,7 @@ class TrainConfig:
     minibatch_size: int = 64  # samples per optimizer step within a pass
     micro_batch_size: int = 16  # sequences per forward/backward (memory); gradients add up
     grad_norm_target: Literal["embedding", "lm_head"] = "embedding"  # W of G = |dlogp/dW|
+    report_rejected_norms: bool = False  # also the rejected samples' norms: G for 0/N' prompts
     # -- sampling ----------------------------------------------------------------------------
     backend: Literal["hf", "vllm"] = "hf"  # generation: transformers generate, or vLLM
     max_new_tokens: int = 16  # response length cap

@@ -217,30 +217,37 @@ def to_batch(
 def observations(
     samples: Samples, problems: Sequence[Problem], batch: Batch, model: Any, config: TrainConfig
 ) -> list[Observation]:
-    """Per prompt: samples drawn, accepted, and the accepted samples' gradient norms."""
-    accepted_rows = [r for r, reward in enumerate(samples.rewards) if reward > 0.5]
+    """Per prompt: samples drawn, accepted, the accepted samples' gradient norms and, with
+    `report_rejected_norms`, the rejected samples' too (one batched pass either way)."""
+    accepted = [reward > 0.5 for reward in samples.rewards]
+    rows = [r for r, ok in enumerate(accepted) if ok or config.report_rejected_norms]
     norms = (
         grad_norms(
             model,
-            batch.select(accepted_rows),
+            batch.select(rows),
             target=config.grad_norm_target,
             micro_batch_size=config.micro_batch_size,
         ).tolist()
-        if accepted_rows
+        if rows
         else []
     )
-    per_prompt: dict[int, list[float]] = {}
-    for row, norm in zip(accepted_rows, norms, strict=True):
-        per_prompt.setdefault(samples.prompt[row], []).append(norm)
+    per_prompt: dict[tuple[int, bool], list[float]] = {}
+    for row, norm in zip(rows, norms, strict=True):
+        per_prompt.setdefault((samples.prompt[row], accepted[row]), []).append(norm)
     drawn: dict[int, int] = {}
-    for i in samples.prompt:
+    solved: dict[int, int] = {}
+    for i, ok in zip(samples.prompt, accepted, strict=True):
         drawn[i] = drawn.get(i, 0) + 1
+        solved[i] = solved.get(i, 0) + ok
     return [
         Observation(
             prompt_id=problems[i].prompt_id,
             samples=n,
-            accepted=len(per_prompt.get(i, [])),
-            grad_norms=per_prompt.get(i, []),
+            accepted=solved[i],
+            grad_norms=per_prompt.get((i, True), []),
+            rejected_grad_norms=(
+                per_prompt.get((i, False), []) if config.report_rejected_norms else None
+            ),
         )
         for i, n in sorted(drawn.items())
     ]
