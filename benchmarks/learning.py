@@ -33,6 +33,8 @@ not cached in ~/.cache/gvm-budget):
     nice -n 5 python benchmarks/learning.py --algo grpo --seeds $(seq 0 9) --name learning_grpo
     nice -n 5 python benchmarks/learning.py --lr 3e-5 --seeds $(seq 0 9) --name learning_lr3e-5
     nice -n 5 python benchmarks/learning.py --max-level 6 --seeds 0 1 2 3 4 --name learning_l6
+    nice -n 5 python benchmarks/learning.py --algo grpo --seeds $(seq 0 9) \\
+        --report-rejected-norms --strategies uniform gvm-online --name learning_grpo_rejected
     python benchmarks/learning.py --seeds 0 --steps 4 --out /tmp/smoke  # a smoke run
 
 SmolLM2-135M-Instruct instead of the tiny model (device "auto" trains on the GPU when there is
@@ -92,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--algo", choices=["raft", "grpo"], default="raft")
     parser.add_argument("--backend", choices=["hf", "vllm"], default="hf")
     parser.add_argument(
+        "--report-rejected-norms",
+        action="store_true",
+        help="also report the rejected samples' gradient norms (gvm-online uses them for G)",
+    )
+    parser.add_argument(
         "--model", default="", help='"" = the warmed-up tiny model; "smollm2", a folder, a hub id'
     )
     parser.add_argument("--max-new-tokens", type=int, default=16, help="response length cap")
@@ -131,6 +138,7 @@ def run_configs(args: argparse.Namespace, url: str, runs_dir: Path) -> list[Any]
                     lr=args.lr,
                     algo=args.algo,
                     backend=args.backend,
+                    report_rejected_norms=args.report_rejected_norms,
                     model=args.model,
                     max_new_tokens=args.max_new_tokens,
                     train_prompts=args.train_prompts,

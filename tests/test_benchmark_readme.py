@@ -136,6 +136,7 @@ def learning_rows(name: str, label: str = "") -> list[str]:
     [
         ("learning", ""),
         ("learning_grpo", "GRPO: "),
+        ("learning_grpo_rejected", "GRPO, rejected norms reported: "),
         ("learning_lr3e-5", "lr 3e-5: "),
         ("learning_l6", "levels 1-6: "),
         ("learning_smollm2_gpu", "SmolLM2, H100: "),
