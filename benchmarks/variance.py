@@ -49,14 +49,14 @@ import numpy as np
 from _report import RESULTS, machine, write_json
 from numpy.typing import NDArray
 
-from budget_service.allocation import (
+from budget_service.engine.allocation import (
     AllocationParams,
     allocate,
     continuous_allocation,
     objective,
     regularised_cost,
 )
-from budget_service.estimates import (
+from budget_service.engine.estimates import (
     Estimates,
     PromptStatistics,
     RunTotals,

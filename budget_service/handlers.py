@@ -19,7 +19,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute, Match
 
 from budget_service import metrics
-from budget_service.allocation import AllocationError, InfeasibleBudgetError, InvalidStatisticsError
+from budget_service.engine.allocation import (
+    AllocationError,
+    InfeasibleBudgetError,
+    InvalidStatisticsError,
+)
 from budget_service.errors import (
     ConflictError,
     ForbiddenError,

@@ -27,7 +27,7 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
-from budget_service.allocation import AllocationParams, Reason, Strategy
+from budget_service.engine.allocation import AllocationParams, Reason, Strategy
 from budget_service.errors import InvalidRequestError
 from budget_service.settings import Settings
 

@@ -40,8 +40,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.typing import EncodableT
 
+from budget_service.engine.estimates import PromptStatistics, RunTotals
 from budget_service.errors import RunNotFoundError, StoreUnavailableError
-from budget_service.estimates import PromptStatistics, RunTotals
 from budget_service.settings import Settings
 
 T = TypeVar("T")

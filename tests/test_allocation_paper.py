@@ -16,7 +16,7 @@ from types import ModuleType
 import numpy as np
 import pytest
 
-from budget_service.allocation import (
+from budget_service.engine.allocation import (
     _SEQ_CHUNK,
     AllocationParams,
     InvalidStatisticsError,
@@ -25,7 +25,7 @@ from budget_service.allocation import (
     allocate,
     objective,
 )
-from budget_service.estimates import Estimates
+from budget_service.engine.estimates import Estimates
 
 
 def paper(p: list[float], g: list[float], budget: int, **kwargs: object) -> list[int]:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from budget_service.allocation import AllocationParams
+from budget_service.engine.allocation import AllocationParams
 from budget_service.models import (
     Allocation,
     ErrorResponse,

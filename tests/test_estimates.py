@@ -9,8 +9,12 @@ import math
 import numpy as np
 import pytest
 
-from budget_service.allocation import AllocationParams, InvalidStatisticsError, regularised_cost
-from budget_service.estimates import (
+from budget_service.engine.allocation import (
+    AllocationParams,
+    InvalidStatisticsError,
+    regularised_cost,
+)
+from budget_service.engine.estimates import (
     Estimates,
     PromptStatistics,
     RunTotals,

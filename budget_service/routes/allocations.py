@@ -10,10 +10,10 @@ import pydantic_core
 from fastapi import Response
 
 from budget_service import metrics
-from budget_service.allocation import AllocationParams, allocate
 from budget_service.deps import SettingsDep, StoreDep
+from budget_service.engine.allocation import AllocationParams, allocate
+from budget_service.engine.estimates import estimate
 from budget_service.errors import AllocationNotFoundError
-from budget_service.estimates import estimate
 from budget_service.models import (
     Allocation,
     AllocationRequest,

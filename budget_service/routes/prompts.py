@@ -7,8 +7,8 @@ from typing import Annotated
 from fastapi import Path
 
 from budget_service.deps import StoreDep
+from budget_service.engine.estimates import estimate
 from budget_service.errors import PromptNotFoundError
-from budget_service.estimates import estimate
 from budget_service.models import PromptStats, config_from_json
 from budget_service.routes import RunIdPath, v1_router
 

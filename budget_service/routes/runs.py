@@ -8,8 +8,8 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from budget_service.deps import StoreDep
+from budget_service.engine.estimates import estimate
 from budget_service.errors import ConflictError
-from budget_service.estimates import estimate
 from budget_service.models import (
     Histogram,
     Run,

@@ -40,10 +40,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.typing import NDArray
 
-from budget_service.allocation import InvalidStatisticsError, regularised_cost
+from budget_service.engine.allocation import InvalidStatisticsError, regularised_cost
 
 if TYPE_CHECKING:
-    from budget_service.allocation import AllocationParams
+    from budget_service.engine.allocation import AllocationParams
 
 __all__ = [
     "Estimates",

@@ -1,7 +1,7 @@
 """How many samples each prompt gets: GVM allocation, exact under bounds and alignment.
 
 Pure numpy, no I/O. The service calls `allocate(estimates, budget, params)`; estimates come from
-`budget_service.estimates`.
+`budget_service.engine.estimates`.
 
 The paper (Yao et al., GVM, arXiv 2505.02391) bounds the variance of the RAFT gradient by
 sum_i G_i^2 / (p_i n_i) and regularises it (alpha, beta):
@@ -39,7 +39,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 if TYPE_CHECKING:
-    from budget_service.estimates import Estimates
+    from budget_service.engine.estimates import Estimates
 
 __all__ = [
     "Algo",
