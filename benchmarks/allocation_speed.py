@@ -42,8 +42,14 @@ import numpy as np
 from _report import RESULTS, machine, write_json
 from published_rule import loop_allocation
 
-from budget_service.engine.allocation import AllocationParams, allocate
-from budget_service.engine.estimates import Estimates, PromptStatistics, RunTotals, estimate
+from budget_service.engine import (
+    AllocationParams,
+    Estimates,
+    PromptStatistics,
+    RunTotals,
+    allocate,
+    estimate,
+)
 from budget_service.memory import retain_freed_memory
 
 SIZES = (1_000, 10_000, 100_000, 1_000_000)

@@ -49,20 +49,18 @@ import numpy as np
 from _report import RESULTS, machine, write_json
 from numpy.typing import NDArray
 
-from budget_service.engine.allocation import (
+from budget_service.engine import (
     AllocationParams,
-    allocate,
-    continuous_allocation,
-    objective,
-    regularised_cost,
-)
-from budget_service.engine.estimates import (
     Estimates,
     PromptStatistics,
     RunTotals,
+    allocate,
+    continuous_allocation,
     estimate,
+    objective,
     posterior_expected_cost,
     posterior_mean,
+    regularised_cost,
 )
 
 F64 = NDArray[np.float64]

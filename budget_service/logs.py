@@ -17,8 +17,9 @@ request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 logger = logging.getLogger("budget_service")
 
-# Attributes every LogRecord has; anything else came in through `extra=`.
-_STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+# Attributes every LogRecord has; anything else came in through `extra=` (but uvicorn's
+# `color_message`, its own message with terminal colours).
+_STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "color_message"}
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
@@ -59,3 +60,25 @@ def configure_logging(fmt: Literal["text", "json"], level: str) -> None:
     logger.handlers[:] = [handler]
     logger.setLevel(level.upper())
     logger.propagate = False
+
+
+def uvicorn_log_config(fmt: Literal["text", "json"], level: str) -> dict[str, Any]:
+    """uvicorn's `log_config`: its own lines ("Started server process", "Uvicorn running on")
+    in our format on stderr, so a service log has one format throughout."""
+    formatter = JsonFormatter if fmt == "json" else TextFormatter
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"service": {"()": f"{__name__}.{formatter.__name__}"}},
+        "handlers": {
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "formatter": "service",
+                "stream": "ext://sys.stderr",
+            }
+        },
+        "loggers": {
+            name: {"handlers": ["stderr"], "level": level.upper(), "propagate": False}
+            for name in ("uvicorn", "uvicorn.access")
+        },
+    }

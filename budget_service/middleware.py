@@ -16,7 +16,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from budget_service import metrics
-from budget_service.handlers import error_response
+from budget_service.exception_handlers import error_response
 from budget_service.logs import logger, request_id_var
 
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")

@@ -7,12 +7,14 @@ table. Nothing else in `budget_service` reads `os.environ`; tests override `get_
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MiB = 1024 * 1024
@@ -79,6 +81,14 @@ class Settings(BaseSettings):
     )
     redis_max_connections: int = Field(default=64, ge=1)
     retry_after_s: int = Field(default=1, ge=0, description="Retry-After header on 503 answers.")
+    redis_min_replicas_ack: int = Field(
+        default=0,
+        ge=0,
+        description="Replicas that must hold a report (WAIT) before it is answered 200; 0 = off.",
+    )
+    redis_ack_timeout_s: float = Field(
+        default=0.5, gt=0, description="How long a report waits for those replicas; then 503."
+    )
 
     # --- embedded server (only when REDIS_URL is unset) --------------------------------------
     data_dir: Path = Field(default=Path(".gvm-budget"))
@@ -153,6 +163,16 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _ack_fits_one_try(self) -> Settings:
+        # WAIT blocks the connection: past the socket timeout redis-py would drop it mid-wait.
+        if self.redis_min_replicas_ack and self.redis_ack_timeout_s >= self.redis_timeout_s:
+            raise ValueError(
+                "GVM_REDIS_ACK_TIMEOUT_S must be < GVM_REDIS_TIMEOUT_S "
+                f"({self.redis_ack_timeout_s} >= {self.redis_timeout_s})"
+            )
+        return self
+
     @property
     def auth_enabled(self) -> bool:
         return bool(self.api_tokens)
@@ -162,3 +182,41 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process's settings, read from the environment on first use."""
     return Settings()
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets `field`: ``GVM_PORT`` for ``port``, ``REDIS_URL``."""
+    alias = Settings.model_fields[field].validation_alias
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[0])
+    return f"GVM_{field.upper()}"
+
+
+def describe_errors(exc: ValidationError) -> str:
+    """One line per invalid setting, named by its environment variable (what the user set)."""
+    lines = []
+    for error in exc.errors():
+        where = str(error["loc"][0]) if error["loc"] else None
+        message = error["msg"].removeprefix("Value error, ")
+        if where is None:  # a check across settings: its message names the variables
+            lines.append(f"  {message}")
+            continue
+        name = env_name(where) if where in Settings.model_fields else where
+        value = error["input"]
+        shown = "<hidden>" if name.endswith("API_TOKENS") else repr(value)
+        if name.endswith("REDIS_URL") and isinstance(value, str):
+            shown = repr(masked_url(value))
+        lines.append(f"  {name}={shown}: {message}")
+    return "\n".join(lines)
+
+
+def masked_url(url: str) -> str:
+    """`url` with its password, in the userinfo or a ``password=`` query, shown as ``***``."""
+    parts = urlsplit(url)
+    userinfo, at, host = parts.netloc.rpartition("@")
+    if ":" in userinfo:
+        url = url.replace(parts.netloc, userinfo.partition(":")[0] + f":***{at}{host}", 1)
+    if parts.query:
+        query = re.sub(r"(^|&)(password=)[^&]*", r"\1\2***", parts.query)
+        url = url.replace(f"?{parts.query}", f"?{query}", 1)
+    return url

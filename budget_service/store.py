@@ -9,6 +9,8 @@ Cluster slot and every script below touches keys of one slot only):
     gvm:{RUN}:totals   string  record pooled over every prompt of the run
     gvm:{RUN}:reports  zset    report_id -> Redis server time (ms) it was applied
     gvm:{RUN}:latest   string  JSON of the last Allocation served
+    gvm:{RUN}:history  list    the last HISTORY_MAX allocations' step, total, predicted and
+                               uniform variance (four little-endian float64 each, oldest first)
 
 A record is 56 bytes, seven little-endian float64: samples, accepted, grad_norm_sum,
 grad_norm_count, last_step, rejected_grad_norm_sum, rejected_grad_norm_count. Binary keeps every
@@ -20,6 +22,12 @@ Writes: `report` applies a whole report in one script: existence of the run, ide
 on `report_id`, decay to the report's step (the rule in estimates.py), increments, run totals,
 and the report id record, all in one atomic step that reaches the AOF as one unit. Report ids are
 kept for `report_id_ttl_s` (by Redis server time) and at most `report_id_max` per run.
+
+Replica acknowledgement (`redis_min_replicas_ack` > 0): the script is followed by `WAIT` on the
+same connection (WAIT counts the replicas holding that connection's writes; on a cluster, a
+connection to the primary owning the run's slot), and the report is answered only when enough
+replicas confirm. A repeated report_id rewrites the run totals unchanged, so its WAIT also covers
+the first attempt's write, which an earlier WAIT may not have seen reach the replicas.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from typing import Any, Final, TypeVar, cast
 
 import numpy as np
@@ -40,9 +48,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.typing import EncodableT
 
-from budget_service.engine.estimates import PromptStatistics, RunTotals
-from budget_service.errors import RunNotFoundError, StoreUnavailableError
-from budget_service.settings import Settings
+from budget_service.engine import PromptStatistics, RunTotals
+from budget_service.errors import ReplicasNotAckedError, RunNotFoundError, StoreUnavailableError
+from budget_service.settings import Settings, masked_url
 
 T = TypeVar("T")
 
@@ -90,7 +98,7 @@ end
 
 # KEYS: run, stats, totals, reports, latest
 # ARGV: report_id, step, window_ms, max_ids, ttl_ms, numbers (n x 6 float64 LE: the record's
-# fields but last_step), id lengths, ids
+# fields but last_step), id lengths, ids, sync ("1": a duplicate rewrites the totals, see above)
 # -> {applied, duplicate}; {-1, 0} when the run does not exist.
 _REPORT = (
     _LUA_HELPERS
@@ -98,7 +106,11 @@ _REPORT = (
 local run = redis.call('HMGET', KEYS[1], 'config', 'half_life')
 if not run[1] then return {-1, 0} end
 local report_id = ARGV[1]
-if redis.call('ZSCORE', KEYS[4], report_id) then return {0, 1} end
+if redis.call('ZSCORE', KEYS[4], report_id) then
+  local totals = redis.call('GET', KEYS[3])
+  if ARGV[9] == '1' and totals then redis.call('SET', KEYS[3], totals, 'KEEPTTL') end
+  return {0, 1}
+end
 
 local step = tonumber(ARGV[2])
 local half_life = tonumber(run[2])  -- nil: no decay
@@ -222,12 +234,15 @@ return {1, redis.call('HGET', KEYS[1], 'created_at')}
 """
 )
 
-# KEYS: run, stats, totals, reports, latest; ARGV: allocation JSON, ttl_ms -> 1, or 0 if no run.
+# KEYS: run, stats, totals, reports, latest, history; ARGV: allocation JSON, ttl_ms, history
+# point (32 bytes), HISTORY_MAX -> 1, or 0 if no run.
 _SAVE_ALLOCATION = (
     _LUA_HELPERS
     + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('SET', KEYS[5], ARGV[1])
+redis.call('RPUSH', KEYS[6], ARGV[3])
+redis.call('LTRIM', KEYS[6], -tonumber(ARGV[4]), -1)
 touch(tonumber(ARGV[2]))
 return 1
 """
@@ -253,12 +268,14 @@ _UNAVAILABLE_ERRORS: Final = (
     rex.MaxConnectionsError,
 )
 _UNAVAILABLE_REPLIES: Final = ("MISCONF", "NOREPLICAS", "LOADING", "CLUSTERDOWN", "OOM ")
+_KEY_NAMES: Final = ("run", "stats", "totals", "reports", "latest", "history")
+HISTORY_MAX: Final = 1000  # allocations kept per run for the run page's curves (32 KB)
 
 
-def run_keys(run_id: str) -> tuple[str, str, str, str, str]:
+def run_keys(run_id: str) -> tuple[str, ...]:
     """All keys of a run, in the order the scripts expect them."""
     tag = f"gvm:{{{run_id}}}"
-    return (f"{tag}:run", f"{tag}:stats", f"{tag}:totals", f"{tag}:reports", f"{tag}:latest")
+    return tuple(f"{tag}:{name}" for name in _KEY_NAMES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,7 +297,9 @@ class Report:
 
 
 @dataclass(frozen=True, slots=True)
-class ReportResult:
+class AppliedReport:
+    """What `apply_report` did: observations applied, or nothing for a repeated report_id."""
+
     applied: int
     duplicate: bool
 
@@ -293,6 +312,16 @@ class Snapshot:
     totals: RunTotals
     stats: PromptStatistics
     seen: NDArray[np.bool_]  # False where the prompt has no stored record
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPoint:
+    """One allocation in a run's history (step and total are exact in float64)."""
+
+    step: int
+    total: int
+    predicted_variance: float
+    uniform_variance: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -365,10 +394,13 @@ class Store:
     def __init__(self, client: aioredis.Redis | RedisCluster, settings: Settings) -> None:
         self._client = client
         self._deadline = settings.redis_deadline_s
+        self._where = masked_url(settings.redis_url or "")  # errors name it, never its password
         self._max_connections = settings.redis_max_connections
         self._report_window_ms = settings.report_id_ttl_s * 1000
         self._report_id_max = settings.report_id_max
         self._ttl_ms = settings.run_ttl_s * 1000
+        self._min_replicas = settings.redis_min_replicas_ack
+        self._ack_timeout_ms = max(1, round(settings.redis_ack_timeout_s * 1000))  # 0 = forever
         self._report = client.register_script(_REPORT)
         self._read = client.register_script(_READ)
         self._put_run = client.register_script(_PUT_RUN)
@@ -432,7 +464,9 @@ class Store:
             ) from exc
         except rex.RedisError as exc:
             if _unavailable(exc):
-                raise StoreUnavailableError(f"Redis unavailable: {type(exc).__name__}") from exc
+                raise StoreUnavailableError(
+                    f"Redis unavailable at {self._where}: {type(exc).__name__}"
+                ) from exc
             raise
 
     async def ping(self) -> None:
@@ -478,7 +512,7 @@ class Store:
         if not existed:
             raise RunNotFoundError(run_id)
 
-    async def apply_report(self, run_id: str, report: Report) -> ReportResult:
+    async def apply_report(self, run_id: str, report: Report) -> AppliedReport:
         """Apply a whole report atomically, once per report_id (see the module docstring)."""
         numbers = np.ascontiguousarray(report.increments, dtype=RECORD).tobytes()
         args: list[EncodableT] = [
@@ -489,13 +523,24 @@ class Store:
             self._ttl_ms,
             numbers,
             *_pack_ids(report.prompt_ids),
+            "1" if self._min_replicas else "0",
         ]
-        applied, duplicate = await self._call(
-            lambda: self._report(keys=run_keys(run_id), args=args)
-        )
+        keys = run_keys(run_id)
+        if self._min_replicas:
+            (applied, duplicate), acked = await self._call(
+                lambda: self._report_and_wait(keys, args)
+            )
+        else:
+            applied, duplicate = await self._call(lambda: self._report(keys=keys, args=args))
+            acked = 0
         if applied == -1:
             raise RunNotFoundError(run_id)
-        return ReportResult(applied=int(applied), duplicate=bool(duplicate))
+        if acked < self._min_replicas:
+            raise ReplicasNotAckedError(
+                f"{acked} of {self._min_replicas} replicas confirmed the report within "
+                f"{self._ack_timeout_ms} ms (GVM_REDIS_MIN_REPLICAS_ACK, GVM_REDIS_ACK_TIMEOUT_S)"
+            )
+        return AppliedReport(applied=int(applied), duplicate=bool(duplicate))
 
     async def read_batch(self, run_id: str, prompt_ids: Sequence[str]) -> Snapshot:
         """Config, run totals and the records of `prompt_ids`, as one consistent snapshot."""
@@ -512,28 +557,43 @@ class Store:
             seen=np.frombuffer(seen, dtype=np.uint8) == ord("1"),
         )
 
-    async def save_allocation(self, run_id: str, allocation_json: bytes) -> None:
-        saved = await self._call(
-            lambda: self._save_allocation(
-                keys=run_keys(run_id), args=[allocation_json, self._ttl_ms]
-            )
-        )
+    async def save_allocation(
+        self, run_id: str, allocation_json: bytes, point: HistoryPoint
+    ) -> None:
+        """Store the latest allocation and append `point` to the run's bounded history."""
+        packed = np.array(astuple(point), dtype=RECORD).tobytes()
+        args: list[EncodableT] = [allocation_json, self._ttl_ms, packed, HISTORY_MAX]
+        saved = await self._call(lambda: self._save_allocation(keys=run_keys(run_id), args=args))
         if not saved:
             raise RunNotFoundError(run_id)
 
     async def latest_allocation(self, run_id: str) -> bytes | None:
         """The last allocation's JSON, or None when the run exists but has none yet."""
-        run_key, *_, latest_key = run_keys(run_id)
+        keys = run_keys(run_id)
         exists, latest = await self._call(
-            lambda: self._pipeline([("EXISTS", run_key), ("GET", latest_key)])
+            lambda: self._pipeline([("EXISTS", keys[0]), ("GET", keys[4])])
         )
         if not exists:
             raise RunNotFoundError(run_id)
         return latest  # type: ignore[no-any-return]
 
+    async def allocation_history(self, run_id: str) -> list[HistoryPoint]:
+        """The run's last HISTORY_MAX allocation points, oldest first."""
+        keys = run_keys(run_id)
+        exists, points = await self._call(
+            lambda: self._pipeline([("EXISTS", keys[0]), ("LRANGE", keys[5], 0, -1)])
+        )
+        if not exists:
+            raise RunNotFoundError(run_id)
+        rows = np.frombuffer(b"".join(points), dtype=RECORD).reshape(-1, 4)
+        return [
+            HistoryPoint(int(step), int(total), predicted, uniform)
+            for step, total, predicted, uniform in rows.tolist()
+        ]
+
     async def counts(self, run_id: str) -> RunCounts:
         """Config, totals, number of prompts and remembered report ids (one round trip)."""
-        run_key, stats_key, totals_key, reports_key, _ = run_keys(run_id)
+        run_key, stats_key, totals_key, reports_key, *_ = run_keys(run_id)
         commands = [
             ("HGET", run_key, "config"),
             ("GET", totals_key),
@@ -560,6 +620,55 @@ class Store:
                 yield _statistics(_records(cast(list[bytes], list(found.values()))))
             if cursor == 0:
                 return
+
+    async def _report_and_wait(
+        self, keys: Sequence[str], args: Sequence[EncodableT]
+    ) -> tuple[list[int], int]:
+        """The report script, then WAIT, on one connection: (script's answer, replicas that hold
+        the write). Two round trips at most: the first of a process may have to load the script."""
+        wait = ("WAIT", self._min_replicas, self._ack_timeout_ms)
+        for _ in range(2):
+            evalsha = ("EVALSHA", self._report.sha, len(keys), *keys, *args)
+            try:
+                if isinstance(self._client, RedisCluster):
+                    result, acked = await self._on_slot_primary(keys[0], evalsha, wait)
+                else:
+                    pipe = self._client.pipeline(transaction=False)
+                    pipe.execute_command(*evalsha)
+                    pipe.execute_command(*wait)
+                    result, acked = await pipe.execute()
+                return result, int(acked)
+            except rex.NoScriptError:
+                await self._client.script_load(_REPORT)
+        raise StoreUnavailableError("Redis lost the report script twice in a row")
+
+    async def _on_slot_primary(self, key: str, *commands: tuple[EncodableT, ...]) -> list[Any]:
+        """Commands on one connection to the primary that the client maps `key`'s slot to.
+
+        The cluster pipeline cannot promise one connection: after a failover it re-routes each
+        failed command on its own. Here a stale slot map or a dead node is an error instead; the
+        report then goes through the client's ordinary path, which follows MOVED and refreshes the
+        map, and is not acknowledged (503: the client's retry takes the fresh route).
+        """
+        assert isinstance(self._client, RedisCluster)
+        node = self._client.get_node_from_key(key)
+        assert node is not None
+        connection = node.acquire_connection()
+        try:
+            await connection.send_packed_command(connection.pack_commands(commands))
+            return [await connection.read_response() for _ in commands]
+        except rex.NoScriptError:
+            await connection.disconnect()  # the WAIT reply is still unread
+            raise
+        except (rex.RedisError, OSError) as exc:
+            await connection.disconnect()
+            evalsha = commands[0]
+            await self._client.execute_command(*evalsha)  # follows MOVED, refreshes the map
+            raise ReplicasNotAckedError(
+                f"the primary of the run's slot changed or failed ({type(exc).__name__})"
+            ) from exc
+        finally:
+            node.release(connection)
 
     async def _pipeline(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         """Commands on keys of one run in one round trip (no MULTI: reads only)."""

@@ -10,20 +10,19 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from budget_service.engine.allocation import (
+from budget_service.engine import (
     AllocationError,
     AllocationParams,
+    Estimates,
     InfeasibleBudgetError,
     InvalidStatisticsError,
     Reason,
     allocate,
     continuous_allocation,
-    even_split,
     objective,
     regularised_cost,
-    solve_integer,
 )
-from budget_service.engine.estimates import Estimates
+from budget_service.engine.solver import even_split, solve_integer
 
 
 def true_objective(cost: np.ndarray, n: np.ndarray) -> float:
@@ -528,7 +527,7 @@ def test_a_tiny_cost_left_alone_with_the_remaining_budget(tiny: float) -> None:
 def test_kth_largest_matches_a_sort_when_most_values_are_equal(share_equal: float) -> None:
     # the integer solver's selection at the cut: a prompt group sharing one cost makes most
     # candidate gains equal, where np.partition slows down 20x and _kth_largest splits them off
-    from budget_service.engine.allocation import _kth_largest
+    from budget_service.engine.solver import _kth_largest
 
     rng = np.random.default_rng(int(share_equal * 10))
     for size in (5_000, 60_000):

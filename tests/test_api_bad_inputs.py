@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from budget_service.models import ErrorResponse
+from budget_service.schemas import ErrorResponse
 
 OK_OBSERVATION = {"prompt_id": "p", "samples": 8, "accepted": 2, "grad_norms": [1.0, 2.0]}
 

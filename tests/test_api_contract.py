@@ -14,8 +14,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from budget_service.engine.allocation import AllocationParams
-from budget_service.models import (
+from budget_service.engine import AllocationParams
+from budget_service.schemas import (
     Allocation,
     ErrorResponse,
     PromptStats,
@@ -260,6 +260,7 @@ def test_every_design_path_is_served_and_documented(client: httpx.Client) -> Non
         ("/v1/runs/{run_id}/observations", "post"): "post_observations",
         ("/v1/runs/{run_id}/allocations", "post"): "create_allocation",
         ("/v1/runs/{run_id}/allocations/latest", "get"): "get_latest_allocation",
+        ("/v1/runs/{run_id}/allocations/history", "get"): "get_allocation_history",
         ("/v1/runs/{run_id}/prompts/{prompt_id}", "get"): "get_prompt",
         ("/v1/runs/{run_id}/summary", "get"): "get_summary",
         ("/healthz", "get"): "healthz",

@@ -1,9 +1,10 @@
-"""The README's benchmark figures are the committed measurements, not typed-in numbers.
+"""The benchmark figures in the docs are the committed measurements, not typed-in numbers.
 
-Each check rebuilds the README's rendering of a figure from `benchmarks/results/*.json` and
-requires it in the benchmark's subsection, so a rerun that is not copied into the README (or a
-README edit that no run produced) fails here. The load table has its own test in
-test_api_readme.py.
+Each check rebuilds the docs' rendering of a figure from `benchmarks/results/*.json` and
+requires it in the benchmark's section of docs/benchmarks.md (the soak: docs/deployment.md), so a
+rerun that is not copied into the docs (or a docs edit that no run produced) fails here. The load
+table has its own test in test_api_readme.py, the README's results table in
+tests/docs/test_front_door.py.
 """
 
 from __future__ import annotations
@@ -12,24 +13,16 @@ import json
 from typing import Any
 
 import pytest
-from readme import README
-
-RESULTS = README.parent / "benchmarks" / "results"
+from readme import DOCS, RESULTS, section
 
 
 def results(name: str) -> Any:
     return json.loads((RESULTS / f"{name}.json").read_text())
 
 
-def subsection(title: str) -> str:
-    """The README from the heading `## title` or `### title` to the next heading of any level
-    at or above `###`."""
-    text = README.read_text()
-    start = (
-        text.index(f"## {title}\n") if f"\n## {title}\n" in text else text.index(f"### {title}\n")
-    )
-    end = text.find("\n##", start + 1)
-    return text[start:] if end < 0 else text[start:end]
+def subsection(title: str, page: str = "benchmarks.md") -> str:
+    """The section `title` of docs/`page`, subsections included."""
+    return section(DOCS / page, title)
 
 
 def ms(seconds: float) -> str:
@@ -83,7 +76,7 @@ def test_gradient_norm_speedups(name: str) -> None:
 
 
 def ratio_cell(entry: dict[str, Any], null: float | None) -> str:
-    """A GVM mode's samples-to-reach-uniform's-final ratio as the README shows it."""
+    """A GVM mode's samples-to-reach-uniform's-final ratio as the docs show it."""
     ratio = entry["samples_ratio_to_reach_uniform_final"]
     top = "not reached" if ratio["max"] is None else f"{ratio['max']:.2f}"
     median = "not reached" if ratio["median"] is None else f"{ratio['median']:.2f}"
@@ -94,7 +87,7 @@ def ratio_cell(entry: dict[str, Any], null: float | None) -> str:
 
 
 def learning_rows(name: str, label: str = "") -> list[str]:
-    """The rows of one learning run in the README: per strategy (after `label`), finals (and,
+    """The rows of one learning run in the docs: per strategy (after `label`), finals (and,
     for GVM, against uniform's paired by seed) and ratios on held-out and training-prompt
     accuracy, acceptance and where the samples went."""
     run = results(name)
@@ -149,7 +142,7 @@ def test_learning_rows(name: str, label: str) -> None:
 
 
 def test_soak_figures() -> None:
-    text = subsection("Reliability")
+    text = subsection("Reliability", "deployment.md")
     soak = results("soak")
     assert f"{soak['requests_total']:,} requests ({soak['requests_per_s']:.0f}/s)" in text
     ledger = soak["ledger_check"]

@@ -134,10 +134,23 @@ def test_missing_binary_is_a_clear_error(serve: object, tmp_path: Path) -> None:
     assert "is not an executable file" in served.log.read_text()
 
 
-def test_invalid_settings_exit_2(serve: object) -> None:
-    served = serve(GVM_LOG_FORMAT="xml")  # type: ignore[operator]
+def test_invalid_settings_exit_2_naming_the_variable(serve: object) -> None:
+    served = serve(GVM_LOG_FORMAT="xml", GVM_PORT="abc")  # type: ignore[operator]
     assert served.process.wait(30) == 2
-    assert "log_format" in served.log.read_text()
+    log = served.log.read_text()
+    assert "GVM_LOG_FORMAT='xml': Input should be 'text' or 'json'" in log
+    assert "GVM_PORT='abc': Input should be a valid integer" in log
+
+
+def test_uvicorn_lines_have_the_service_log_format(serve: object) -> None:
+    served = serve(GVM_LOG_LEVEL="info")  # type: ignore[operator]
+    served.wait_ready()
+    assert served.stop() == 0
+    lines = [line for line in served.log.read_text().splitlines() if line.strip()]
+    assert any("Uvicorn running on" in line for line in lines)
+    ours = re.compile(r"^\d{4}-\d\d-\d\dT[\d:.]+\+00:00 (debug|info|warning|error) +\S")
+    for line in lines:  # the CLI's own messages start with `gvm-budget:`
+        assert line.startswith("gvm-budget: ") or ours.match(line), line
 
 
 def test_help_lists_serve() -> None:

@@ -21,7 +21,6 @@ from trainer_client import (
     NotFoundError,
     ProtocolError,
     RetryPolicy,
-    RunConfig,
     ServerError,
 )
 from trainer_client._retry import RetryState, parse_retry_after
@@ -194,26 +193,19 @@ def test_base_url_must_be_http() -> None:
 
 
 @pytest.mark.parametrize(
-    ("budget", "count", "config", "expected"),
-    [
-        (10, 4, None, [3, 3, 2, 2]),
-        (8, 4, None, [2, 2, 2, 2]),
-        (3, 4, None, [1, 1, 1, 0]),
-        (10, 4, RunConfig(min_samples=2), [3, 3, 2, 2]),
-        (6, 4, RunConfig(min_samples=2), [2, 2, 2, 2]),  # the bound wins over the budget
-        (20, 2, RunConfig(max_samples=6), [6, 6]),
-        (10, 3, RunConfig(align_to=4), [3, 3, 2]),
-        (5, 0, None, []),
-    ],
+    ("budget", "count", "expected"),
+    [(10, 4, [3, 3, 2, 2]), (3, 4, [1, 1, 1, 0]), (5, 0, [])],
 )
-def test_uniform_split(
-    budget: int, count: int, config: RunConfig | None, expected: list[int]
+def test_uniform_split_without_a_known_config_has_no_bounds(
+    budget: int, count: int, expected: list[int]
 ) -> None:
-    assert uniform_split(budget, count, config) == expected
+    # With a config, tests/client/test_shared_rules.py checks it against the service's answers.
+    assert uniform_split(budget, count) == expected
 
 
 def test_fallback_uses_the_bounds_of_the_run_it_saw(caplog: pytest.LogCaptureFixture) -> None:
-    run = {"run_id": "r", "config": {"strategy": "gvm", "min_samples": 2, "max_samples": 5}}
+    config = {"strategy": "gvm", "min_samples": 2, "max_samples": 5, "align_to": 2}
+    run = {"run_id": "r", "config": config}
     up = True
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -222,13 +214,18 @@ def test_fallback_uses_the_bounds_of_the_run_it_saw(caplog: pytest.LogCaptureFix
         return httpx.Response(201, json=run)
 
     with client_with(handler) as c:
-        c.put_run("r", min_samples=2, max_samples=5)
+        c.put_run("r", min_samples=2, max_samples=5, align_to=2)
         up = False
-        allocation = c.allocate("r", ["a", "b", "c"], budget=30, step=4)
+        allocation = c.allocate("r", ["a", "b", "c"], budget=11, step=4)
+        with pytest.raises(InvalidRequestError) as above_cap:  # as the service would answer
+            c.allocate("r", ["a", "b", "c"], budget=30, step=5)
     assert allocation.fallback
-    assert allocation.counts == [5, 5, 5]
+    assert allocation.counts == [4, 3, 3]  # 11 aligned down to 10
     assert allocation.step == 4
     assert allocation.strategy == "uniform"
+    assert above_cap.value.code == "infeasible_budget"
+    assert above_cap.value.field == "budget"
+    assert "max_samples 5" in str(above_cap.value)
     assert c.stats.fallbacks == 1
     assert "falls back to a uniform allocation" in caplog.text
 

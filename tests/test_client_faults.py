@@ -21,7 +21,13 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from trainer_client import AsyncBudgetClient, BudgetClient, RetryPolicy, UnavailableError
+from trainer_client import (
+    AsyncBudgetClient,
+    BudgetClient,
+    InvalidRequestError,
+    RetryPolicy,
+    UnavailableError,
+)
 
 FAST = RetryPolicy(attempts=4, backoff=0.01, max_backoff=0.05)
 OBS = [
@@ -179,9 +185,11 @@ def test_outage_falls_back_spools_and_replays_exactly_once(
         assert lost.spooled
 
         proxy.stop()  # the service is gone: connection refused
-        allocation = c.allocate(run_id, ["a", "b", "c"], budget=30, step=1)
+        with pytest.raises(InvalidRequestError, match="max_samples 6"):  # learnt from put_run
+            c.allocate(run_id, ["a", "b", "c"], budget=30, step=1)  # as the service would refuse
+        allocation = c.allocate(run_id, ["a", "b", "c"], budget=17, step=1)
         assert allocation.fallback
-        assert allocation.counts == [6, 6, 6]  # the run's max_samples, learnt from put_run
+        assert allocation.counts == [6, 6, 5]
         assert c.report(run_id, 1, OBS).spooled
         with pytest.raises(UnavailableError):
             c.summary(run_id)  # no fallback for reads

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+from readme import DOCS, section
 
 from trainer_client.trainer.config import (
     TrainConfig,
@@ -142,10 +143,9 @@ def test_unreadable_files(tmp_path: Path) -> None:
         read_config_file(twice)
 
 
-def test_the_readme_documents_every_key() -> None:
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = readme.split("<!-- section: trainer")[1].split("<!-- section:")[0]
-    missing = [f.name for f in dataclasses.fields(TrainConfig) if f"`{f.name}`" not in section]
+def test_the_docs_document_every_key() -> None:
+    table = section(DOCS / "configuration.md", "Trainer flags and config files")
+    missing = [f.name for f in dataclasses.fields(TrainConfig) if f"`{f.name}`" not in table]
     assert not missing
 
 

@@ -1,5 +1,6 @@
 """``gvm-demo``, the quickstart's command, run as a user runs it: a subprocess that starts the
-service (embedded Redis) in its own subprocess, trains, and stops everything, also on Ctrl-C."""
+service (embedded Redis) in its own subprocess, trains, and stops everything, also on Ctrl-C;
+and prints what the README shows."""
 
 import queue
 import re
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from readme import README
 
 from trainer_client import BudgetClient
 from trainer_client.trainer.warmup import warm_up
@@ -64,27 +66,46 @@ class Lines:
 
 
 def refused(url: str) -> bool:
+    """Nothing listens at `url` any more (a connection reset mid-answer: still going down)."""
     try:
         httpx.get(f"{url}/healthz", timeout=2)
     except httpx.ConnectError:
         return True
+    except httpx.ReadError:
+        return False
     return False
 
 
-def test_the_demo_trains_reports_and_cleans_up(tmp_path: Path) -> None:
+def shown_output() -> str:
+    """The quickstart's output block in the README."""
+    text = README.read_text()
+    start = text.index("```text\n", text.index("<!-- demo-output -->")) + len("```text\n")
+    return text[start : text.index("\n```", start)]
+
+
+def comparable(output: str) -> str:
+    """`gvm-demo`'s output without what varies from run to run: the port, the cache folder's
+    parent, timings."""
+    output = re.sub(r"http://127\.0\.0\.1:\d+", "http://127.0.0.1:PORT", output)
+    output = re.sub(r"\S*/gvm-budget/tiny-", "CACHE/gvm-budget/tiny-", output)
+    output = re.sub(r"\| [\d.]+s$", "| Ts", output, flags=re.MULTILINE)
+    return re.sub(r", \d+ s$", ", T s", output.strip(), flags=re.MULTILINE)
+
+
+def test_the_quickstart_demo_prints_what_the_readme_shows(tmp_path: Path) -> None:
+    """`gvm-demo` with no flags, as the quickstart runs it: it trains, reports, says where to
+    look, stops everything, and prints the README's output block line for line (the run is
+    seeded; only the port, the cache folder and timings differ)."""
     started = time.perf_counter()
     done = subprocess.run(
-        [*DEMO, *SMALL, "--out-dir", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
+        DEMO, cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False
     )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
     url = re.search(r"service ready at (http://\S+)", output)
     assert url is not None, output
-    assert len(re.findall(r"^step +\d+ \| samples +16 ", output, flags=re.MULTILINE)) == 3
+    steps = re.findall(r"^step +\d+ \| samples +(\d+) ", output, flags=re.MULTILINE)
+    assert steps == ["64"] * 8, output  # the demo's defaults: 8 steps of 64 samples
     for where in (
         "per-step metrics:",
         f"{url[1]}/docs",
@@ -93,9 +114,13 @@ def test_the_demo_trains_reports_and_cleans_up(tmp_path: Path) -> None:
         assert where in output
     assert "gvm-demo: service stopped" in output
     assert refused(url[1])
-    assert "embedded server stopped" in (tmp_path / "service.log").read_text()
-    assert len((tmp_path / "train" / "metrics.jsonl").read_text().splitlines()) == 3
-    print(f"gvm-demo ({' '.join(SMALL)}) took {time.perf_counter() - started:.1f} s")
+    out = tmp_path / "runs" / "demo"
+    assert "embedded server stopped" in (out / "service.log").read_text()
+    assert len((out / "train" / "metrics.jsonl").read_text().splitlines()) == 8
+    assert comparable(output) == comparable(shown_output()), (
+        "the README's quickstart output is not what gvm-demo prints now; paste this:\n" + output
+    )
+    print(f"gvm-demo took {time.perf_counter() - started:.1f} s")
 
 
 def test_ctrl_c_stops_the_service_it_kept_up(tmp_path: Path) -> None:
@@ -113,6 +138,37 @@ def test_ctrl_c_stops_the_service_it_kept_up(tmp_path: Path) -> None:
                 assert client.latest_allocation("demo").step == 2
             process.send_signal(signal.SIGINT)
             assert process.wait(60) == 130
+            assert "the service is stopped" in lines.rest()
+        finally:
+            if process.poll() is None:
+                process.kill()
+    assert refused(url)
+    assert "embedded server stopped" in (tmp_path / "service.log").read_text()
+
+
+def ignore_interrupts() -> None:
+    """What `nohup cmd &` and some CI runners hand a process: SIGINT (here SIGTERM too) ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signals_stop_the_demo_even_when_it_inherited_them_ignored(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
+    with subprocess.Popen(
+        [*DEMO, *SMALL, "--out-dir", str(tmp_path), "--keep-serving"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=ignore_interrupts,
+    ) as process:
+        lines = Lines(process)
+        try:
+            url = lines.until(r"service ready at (http://\S+)")[1]
+            lines.until("the service stays up")
+            process.send_signal(signum)
+            assert process.wait(30) == 130  # before: ignored, until the test's 60 s timeout
             assert "the service is stopped" in lines.rest()
         finally:
             if process.poll() is None:

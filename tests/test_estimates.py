@@ -9,11 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from budget_service.engine.allocation import (
-    AllocationParams,
-    InvalidStatisticsError,
-    regularised_cost,
-)
+from budget_service.engine import AllocationParams, InvalidStatisticsError, regularised_cost
 from budget_service.engine.estimates import (
     Estimates,
     PromptStatistics,

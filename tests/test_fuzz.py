@@ -36,8 +36,8 @@ from schemathesis.core.failures import Failure
 from schemathesis.core.transport import Response
 
 from budget_service.embedded import LocalRedis
-from budget_service.models import ErrorResponse
 from budget_service.openapi import COMMITTED
+from budget_service.schemas import ErrorResponse
 
 pytestmark = [
     pytest.mark.slow,

@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from budget_service.settings import Settings, get_settings, parse_api_tokens, token_digest
+from budget_service.settings import (
+    Settings,
+    describe_errors,
+    get_settings,
+    parse_api_tokens,
+    token_digest,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -98,3 +104,16 @@ def test_get_settings_is_read_once(monkeypatch: pytest.MonkeyPatch) -> None:
         assert first.port == 8100
     finally:
         get_settings.cache_clear()
+
+
+def test_errors_name_the_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GVM_PORT", "abc")
+    monkeypatch.setenv("REDIS_URL", "localhost:6379?password=s3cret")
+    monkeypatch.setenv("GVM_API_TOKENS", "s3cret-token:")
+    with pytest.raises(ValidationError) as excinfo:
+        Settings()
+    described = describe_errors(excinfo.value)
+    assert "  GVM_PORT='abc': Input should be a valid integer" in described
+    assert "  REDIS_URL='localhost:6379?password=***': REDIS_URL must start with" in described
+    assert "  GVM_API_TOKENS=<hidden>: GVM_API_TOKENS: an entry ends with ':'" in described
+    assert "s3cret" not in described

@@ -16,7 +16,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from budget_service.errors import RunNotFoundError
 from budget_service.settings import Settings
-from budget_service.store import Report, Store, run_keys
+from budget_service.store import HISTORY_MAX, HistoryPoint, Report, Store, run_keys
 
 
 def make_report(report_id: str, step: int, rows: list[tuple[Any, ...]]) -> Report:
@@ -31,6 +31,9 @@ def make_report(report_id: str, step: int, rows: list[tuple[Any, ...]]) -> Repor
         prompt_ids=[r[0] for r in rows],
         increments=increments,
     )
+
+
+POINT = HistoryPoint(step=0, total=0, predicted_variance=0.0, uniform_variance=0.0)
 
 
 @pytest.fixture(params=["redis", "cluster"])
@@ -134,7 +137,7 @@ async def test_records_of_the_40_byte_layout_read_and_merge_with_zero_rejected_n
 ) -> None:
     """Records written before the rejected samples' norms (five float64) stay valid."""
     await store.put_run(run_id, "{}", None)
-    _, stats_key, totals_key, _, _ = run_keys(run_id)
+    _, stats_key, totals_key, *_ = run_keys(run_id)
     old = np.array([4.0, 1.0, 0.5, 1.0, 3.0]).tobytes()
     await store._client.hset(stats_key, "old", old)
     await store._client.set(totals_key, old)
@@ -202,16 +205,30 @@ async def test_unknown_run_is_never_written(store: Store, run_id: str) -> None:
     with pytest.raises(RunNotFoundError):
         await store.apply_report(run_id, make_report("r", 0, [("a", 1.0, 0.0, 0.0, 0.0)]))
     with pytest.raises(RunNotFoundError):
-        await store.save_allocation(run_id, b"{}")
+        await store.save_allocation(run_id, b"{}", POINT)
     with pytest.raises(RunNotFoundError):
         await store.read_batch(run_id, ["a"])
     assert await _keys_of(store, run_id) == set()
 
 
+async def test_allocation_history_keeps_the_last_points_in_order(
+    store: Store, run_id: str
+) -> None:
+    await store.put_run(run_id, "{}", None)
+    assert await store.allocation_history(run_id) == []
+    points = [HistoryPoint(s, 8 * s, 1.0 / (s + 1), 0.1 + s) for s in range(HISTORY_MAX + 5)]
+    for point in points:
+        await store.save_allocation(run_id, b"{}", point)
+    assert await store.allocation_history(run_id) == points[-HISTORY_MAX:]  # every bit kept
+    await store.delete_run(run_id)
+    with pytest.raises(RunNotFoundError):
+        await store.allocation_history(run_id)
+
+
 async def test_delete_removes_every_key_of_the_run(store: Store, run_id: str) -> None:
     await store.put_run(run_id, "{}", None)
     await store.apply_report(run_id, make_report("r", 0, [("a", 1.0, 1.0, 1.0, 1.0)]))
-    await store.save_allocation(run_id, b"{}")
+    await store.save_allocation(run_id, b"{}", POINT)
     assert await _keys_of(store, run_id) == set(run_keys(run_id))
     await store.delete_run(run_id)
     assert await _keys_of(store, run_id) == set()
@@ -224,7 +241,7 @@ async def test_idle_runs_expire_with_all_their_keys(redis_url: str, run_id: str)
     try:
         await store.put_run(run_id, "{}", None)
         await store.apply_report(run_id, make_report("r", 0, [("a", 1.0, 1.0, 1.0, 1.0)]))
-        await store.save_allocation(run_id, b"{}")
+        await store.save_allocation(run_id, b"{}", POINT)
         client = store._client
         ttls = [await client.pttl(key) for key in run_keys(run_id)]
         assert all(0 < ttl <= 1000 for ttl in ttls), ttls

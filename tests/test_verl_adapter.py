@@ -18,8 +18,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from budget_service.engine.allocation import AllocationParams, allocate
-from budget_service.engine.estimates import PromptStatistics, RunTotals, estimate
+from budget_service.engine import (
+    AllocationParams,
+    PromptStatistics,
+    RunTotals,
+    allocate,
+    estimate,
+)
 from trainer_client.integrations._batch import copies_from_counts, observations_from_rows
 
 REPO = Path(__file__).resolve().parents[1]

@@ -6,7 +6,7 @@ which the main environment cannot install. ``tests/test_verl_adapter.py`` runs i
 service on a real Redis.
 
 verl's pieces used as verl uses them: its ``ppo_trainer`` config composed by Hydra with the
-README's override lines, ``create_rl_dataset`` (RLHFDataset on a parquet file),
+docs' override lines (docs/integrations.md), ``create_rl_dataset`` (RLHFDataset on a parquet file),
 ``create_rl_sampler`` (which builds the sampler from ``data.sampler``), ``StatefulDataLoader``
 with verl's ``collate_fn``, and ``DataProto`` built, tagged with uids, repeated ``rollout.n``
 times and reordered the way ``RayPPOTrainer.fit`` does before calling ``update(batch)``.
@@ -32,6 +32,7 @@ import verl
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig
+from readme import marked_block
 from torchdata.stateful_dataloader import StatefulDataLoader
 from verl import DataProto
 from verl.experimental.dataset.sampler import AbstractCurriculumSampler
@@ -60,18 +61,15 @@ pytestmark = [
 
 
 def readme_overrides() -> dict[str, str]:
-    """The verl command line of the README's verl recipe, as {key: value}."""
-    text = (REPO / "README.md").read_text()
-    start = text.index("<!-- readme-test: verl-config -->")
-    block = text[text.index("```bash\n", start) + len("```bash\n") :]
-    block = block[: block.index("\n```")]
+    """The verl command line of the docs' verl recipe, as {key: value}."""
+    block = marked_block("verl-config")
     tokens = shlex.split(block.replace("\\\n", " "))
     assert tokens[:3] == ["python3", "-m", "verl.trainer.main_ppo"], tokens[:3]
     return dict(token.split("=", 1) for token in tokens[3:])
 
 
 def compose_config(run_id: str, data_file: Path, **extra: str) -> DictConfig:
-    """verl's ppo_trainer config with the README's lines; only sizes, URL and run id changed."""
+    """verl's ppo_trainer config with the docs' lines; only sizes, URL and run id changed."""
     overrides = readme_overrides()
     test_values = {
         "data.train_batch_size": str(BATCH),
@@ -80,7 +78,7 @@ def compose_config(run_id: str, data_file: Path, **extra: str) -> DictConfig:
         "+data.sampler.run_id": run_id,
     }
     for key, value in test_values.items():
-        assert key in overrides, f"the README's verl lines lost {key}"
+        assert key in overrides, f"the docs' verl lines lost {key}"
         overrides[key] = value
     overrides |= {"data.train_files": str(data_file), "data.shuffle": "false", **extra}
     config_dir = Path(verl.__file__).parent / "trainer" / "config"

@@ -10,10 +10,10 @@ What happens when the service misbehaves:
   (``Retry-After`` honoured), the same request each time, so a report keeps its ``report_id`` and
   the service applies it once;
 - a 4xx is not retried: it raises a ``RequestError`` carrying the service's error body;
-- after the last retry, ``allocate()`` falls back to an even split of the budget (a warning is
-  logged, ``Allocation.fallback`` is True, ``stats.fallbacks`` counts it), ``report()`` appends the
-  report to the spool (``ReportResult.spooled``), and every other method raises
-  ``UnavailableError``;
+- after the last retry, ``allocate()`` falls back to an even split of the budget by the service's
+  ``uniform`` rule (``uniform_split``; a warning is logged, ``Allocation.fallback`` is True,
+  ``stats.fallbacks`` counts it), ``report()`` appends the report to the spool
+  (``ReportResult.spooled``), and every other method raises ``UnavailableError``;
 - after any successful call, and on ``flush()``, spooled reports are sent again, oldest first.
 """
 
@@ -26,7 +26,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, Self, TypeVar
+from typing import Any, Generic, NoReturn, Self, TypeVar
 from urllib.parse import quote
 
 import anyio
@@ -98,17 +98,44 @@ def _segment(value: str) -> str:
 
 
 def uniform_split(budget: int, count: int, config: RunConfig | None = None) -> list[int]:
-    """The most even split of ``budget`` over ``count`` prompts (earlier prompts get the
-    remainder), total rounded down to ``align_to`` and each count clipped to the run's bounds
-    when the client knows them."""
+    """The service's ``uniform`` strategy with the bounds this client knows (``config``: the
+    run's config as created or read back; unset fields add no bound): ``budget`` rounded down to
+    ``align_to``, split as evenly as possible (earlier prompts get the remainder), never more
+    than the budget. A budget the bounds cannot meet (below ``count`` x ``min_samples``, at
+    least 2 under GRPO; above ``count`` x ``max_samples``) raises the ``InvalidRequestError``
+    the service would answer. The explore floor needs the statistics: it is not applied."""
     if count <= 0:
         return []
-    align = (config.align_to if config else None) or 1
-    low = (config.min_samples if config else None) or 0
-    high = config.max_samples if config else None
-    base, extra = divmod(budget - budget % align, count)
-    counts = [base + (i < extra) for i in range(count)]
-    return [max(low, n if high is None else min(n, high)) for n in counts]
+    config = config or RunConfig()
+    align = config.align_to or 1
+    low = config.min_samples or 0
+    if config.algo == "grpo":
+        low = max(low, 2)
+    total = budget - budget % align
+    aligned = f"budget {budget}" + (
+        f" (aligned down to {total} for align_to={align})" if total != budget else ""
+    )
+    if low * count > total:
+        grpo = " (GRPO needs 2 per prompt)" if low > (config.min_samples or 0) else ""
+        _infeasible(
+            f"{aligned} is below the floor: {count} prompts x min_samples {low} = "
+            f"{low * count}{grpo}"
+        )
+    high = config.max_samples
+    if high is not None and high * count < total:
+        _infeasible(
+            f"{aligned} is above the cap: {count} prompts x max_samples {high} = {high * count}"
+        )
+    base, extra = divmod(total, count)
+    return [base + (i < extra) for i in range(count)]
+
+
+def _infeasible(message: str) -> NoReturn:
+    """Raise what the service answers for a budget its bounds cannot meet (422)."""
+    detail = {"field": "budget", "rule": "infeasible_budget", "message": message}
+    body = {"error": {"code": "infeasible_budget", "message": message, "field": "budget",
+                      "details": [detail]}}  # fmt: skip
+    raise InvalidRequestError(message, status_code=422, body=body)
 
 
 class _BaseClient:

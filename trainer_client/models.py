@@ -7,11 +7,11 @@ requests carry only what the caller set. Tests against the live service keep the
 
 from __future__ import annotations
 
-import math
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 __all__ = [
     "Allocation",
@@ -27,6 +27,11 @@ __all__ = [
 ]
 
 Strategy = Literal["gvm", "gvm-paper", "uniform"]
+
+# The service's bounds on an observation (tests/cases.py runs one table against both).
+MAX_SAMPLES_PER_OBSERVATION = 1_000_000_000
+MAX_GRAD_NORM = 1e15
+GradNorm = Annotated[float, Field(ge=0, le=MAX_GRAD_NORM, allow_inf_nan=False)]
 
 
 class _Answer(BaseModel):
@@ -75,69 +80,72 @@ class Observation(BaseModel):
     ones (the same, ``rejected_`` in front: optional, they give prompts with few or no accepted
     samples a gradient norm of their own).
 
-    Checked here with the service's rules, so a report that goes to the spool is one the service
-    will accept later.
+    Checked here with the service's rules, each error naming the same field and rule as the
+    service's 422, so a report that goes to the spool is one the service will accept later.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     prompt_id: str = Field(min_length=1)
-    samples: int = Field(ge=1)
+    samples: int = Field(ge=1, le=MAX_SAMPLES_PER_OBSERVATION)
     accepted: int = Field(ge=0)
-    grad_norms: list[float] | None = None
-    grad_norm_sum: float | None = Field(default=None, ge=0)
+    grad_norms: list[GradNorm] | None = None
+    grad_norm_sum: GradNorm | None = None
     grad_norm_count: int | None = Field(default=None, ge=0)
-    rejected_grad_norms: list[float] | None = None
-    rejected_grad_norm_sum: float | None = Field(default=None, ge=0)
+    rejected_grad_norms: list[GradNorm] | None = None
+    rejected_grad_norm_sum: GradNorm | None = None
     rejected_grad_norm_count: int | None = Field(default=None, ge=0)
 
     @model_validator(mode="after")
     def _check(self) -> Observation:
+        errors: list[InitErrorDetails] = []
         if self.accepted > self.samples:
-            raise ValueError(f"accepted ({self.accepted}) must be <= samples ({self.samples})")
-        for prefix, most, what in (
-            ("", self.accepted, "accepted"),
-            ("rejected_", self.samples - self.accepted, "samples - accepted"),
-        ):
-            _check_norms(
-                f"{prefix}grad_norm",
-                getattr(self, f"{prefix}grad_norms"),
-                getattr(self, f"{prefix}grad_norm_sum"),
-                getattr(self, f"{prefix}grad_norm_count"),
-                most,
-                what,
-            )
+            message = f"must be <= samples ({self.samples})"
+            errors.append(_error(self, "accepted", "accepted_le_samples", message))
+        rejected = max(self.samples - self.accepted, 0)
+        errors += _norm_errors(self, "", self.accepted, "accepted", "accepted")
+        errors += _norm_errors(self, "rejected_", rejected, "samples - accepted", "rejected")
+        if errors:
+            raise ValidationError.from_exception_data(type(self).__name__, errors)
         return self
 
     def to_wire(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=True)
 
 
-def _check_norms(
-    name: str,
-    norms: list[float] | None,
-    total: float | None,
-    count: int | None,
-    most: int,
-    what: str,
-) -> None:
-    """One kind of norms (`name` "grad_norm" or "rejected_grad_norm"): a list, or sum and count,
-    finite, >= 0, at most `most` of them (`what` says which bound)."""
-    if norms is not None:
-        if total is not None or count is not None:
-            raise ValueError(f"give {name}s or {name}_sum/{name}_count, not both")
-        if len(norms) > most:
-            raise ValueError(f"{name}s has more entries than {what} ({most})")
-        if not all(math.isfinite(g) and g >= 0 for g in norms):
-            raise ValueError(f"{name}s must be finite and >= 0")
-    if (total is None) != (count is None):
-        raise ValueError(f"{name}_sum and {name}_count go together")
-    if total is not None and not math.isfinite(total):
-        raise ValueError(f"{name}_sum must be finite")
-    if count is not None and count > most:
-        raise ValueError(f"{name}_count must be <= {what} ({most})")
-    if count == 0 and total:
-        raise ValueError(f"{name}_count is 0 but {name}_sum is not")
+def _error(observation: Observation, field: str, rule: str, message: str) -> InitErrorDetails:
+    """An error on `field` named like the service's (``rule`` is its ``details[].rule``)."""
+    return InitErrorDetails(
+        type=PydanticCustomError(rule, message),
+        loc=(field,),
+        input=getattr(observation, field),
+    )
+
+
+def _norm_errors(
+    observation: Observation, prefix: str, most: int, most_text: str, kind: str
+) -> list[InitErrorDetails]:
+    """One kind of norms (`prefix` "" for the accepted samples', "rejected_" for the rejected
+    samples'): a list, or sum and count together, at most `most` of them."""
+    total_name, count_name, list_name = (
+        f"{prefix}grad_norm_sum", f"{prefix}grad_norm_count", f"{prefix}grad_norms"
+    )  # fmt: skip
+    total = getattr(observation, total_name)
+    count = getattr(observation, count_name)
+    norms = getattr(observation, list_name)
+    rules = [
+        ((total is None) != (count is None), count_name, "grad_norm_pair",
+         f"{total_name} and {count_name} must be given together"),
+        (norms is None and count is not None and count > most, count_name, f"count_le_{kind}",
+         f"must be <= {most_text} ({most})"),
+        (count == 0 and bool(total), count_name, "zero_count_sum",
+         f"is 0 but {total_name} is not"),
+        (norms is not None and (total is not None or count is not None), list_name,
+         "norms_or_sum", f"give {list_name} or {total_name} with {count_name}, not both"),
+        (norms is not None and len(norms) > most, list_name, f"norms_le_{kind}",
+         f"has {len(norms or ())} entries, more than {most_text} ({most})"),
+    ]  # fmt: skip
+    return [_error(observation, field, rule, text) for broken, field, rule, text in rules if broken]
 
 
 class ReportResult(_Answer):

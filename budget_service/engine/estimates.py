@@ -35,15 +35,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
 
-from budget_service.engine.allocation import InvalidStatisticsError, regularised_cost
-
-if TYPE_CHECKING:
-    from budget_service.engine.allocation import AllocationParams
+from budget_service.engine.cost import regularised_cost
+from budget_service.engine.params import F64, AllocationParams, InvalidStatisticsError
 
 __all__ = [
     "Estimates",
@@ -57,7 +54,6 @@ __all__ = [
     "rejected_norm_scale",
 ]
 
-F64 = NDArray[np.float64]
 ArrayLike = F64 | list[float] | tuple[float, ...]
 
 # Empirical-Bayes fit of the prior strength: needs this many prompts with >= 2 samples, and
@@ -193,7 +189,7 @@ def estimate(
     a = mu * kappa + accepted
     b = (1.0 - mu) * kappa + (samples - accepted)
     if params.algo == "grpo":
-        # GRPO's per-prompt variance ~ p (1 - p) G^2 (see allocation.py): closed form.
+        # GRPO's per-prompt variance ~ p (1 - p) G^2 (see cost.py): closed form.
         h = a * b / ((a + b) * (a + b + 1.0))
     else:
         h = posterior_expected_cost(a, b, params.alpha, params.beta)

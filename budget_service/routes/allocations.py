@@ -11,17 +11,17 @@ from fastapi import Response
 
 from budget_service import metrics
 from budget_service.deps import SettingsDep, StoreDep
-from budget_service.engine.allocation import AllocationParams, allocate
-from budget_service.engine.estimates import estimate
+from budget_service.engine import allocate
 from budget_service.errors import AllocationNotFoundError
-from budget_service.models import (
+from budget_service.limits import check_allocation_limits
+from budget_service.routes import RunIdPath, run_estimates, v1_router
+from budget_service.schemas import (
     Allocation,
+    AllocationHistory,
+    AllocationPoint,
     AllocationRequest,
-    check_allocation_limits,
-    config_from_json,
 )
-from budget_service.routes import RunIdPath, v1_router
-from budget_service.store import Snapshot
+from budget_service.store import HistoryPoint, Snapshot
 
 router = v1_router("allocations")
 
@@ -29,11 +29,9 @@ router = v1_router("allocations")
 _THREAD_THRESHOLD = 8192
 
 
-def _plan(
-    run_id: str, request: AllocationRequest, snapshot: Snapshot, params: AllocationParams
-) -> dict[str, Any]:
+def _plan(run_id: str, request: AllocationRequest, snapshot: Snapshot) -> dict[str, Any]:
     step = request.step if request.step is not None else max(snapshot.totals.last_step, 0)
-    estimates = estimate(snapshot.stats, snapshot.totals, step, params)
+    params, estimates = run_estimates(snapshot.config_json, snapshot.stats, snapshot.totals, step)
     plan = allocate(estimates, request.budget, params)
     for name, values in (
         ("p_hat", estimates.p_hat),
@@ -74,16 +72,18 @@ async def create_allocation(
     """Allocate `budget` samples over `prompt_ids` (answer in request order) and remember it."""
     check_allocation_limits(request, settings)
     snapshot = await store.read_batch(run_id, request.prompt_ids)
-    _, params = config_from_json(snapshot.config_json)
     if len(request.prompt_ids) >= _THREAD_THRESHOLD:
-        body = await anyio.to_thread.run_sync(_plan, run_id, request, snapshot, params)
+        body = await anyio.to_thread.run_sync(_plan, run_id, request, snapshot)
     else:
-        body = _plan(run_id, request, snapshot, params)
+        body = _plan(run_id, request, snapshot)
     # Serialised straight from dicts (the schema above documents it; tests validate answers
     # against it): 1,024 items through model instances would cost more than the Redis round trip.
     payload = pydantic_core.to_json(body)
-    await store.save_allocation(run_id, payload)
-    metrics.ALLOCATIONS.labels(strategy=params.strategy).inc()
+    point = HistoryPoint(
+        body["step"], body["total"], body["predicted_variance"], body["uniform_variance"]
+    )
+    await store.save_allocation(run_id, payload, point)
+    metrics.ALLOCATIONS.labels(strategy=body["strategy"]).inc()
     metrics.ALLOCATION_PROMPTS.observe(len(request.prompt_ids))
     metrics.ALLOCATION_SAMPLES.observe(body["total"])
     return Response(payload, media_type="application/json")
@@ -96,3 +96,13 @@ async def get_latest_allocation(run_id: RunIdPath, store: StoreDep) -> Response:
     if payload is None:
         raise AllocationNotFoundError(run_id)
     return Response(payload, media_type="application/json")
+
+
+@router.get("/{run_id}/allocations/history", response_model=AllocationHistory)
+async def get_allocation_history(run_id: RunIdPath, store: StoreDep) -> AllocationHistory:
+    """Step, total and predicted against uniform variance of the run's last 1,000 allocations."""
+    points = await store.allocation_history(run_id)
+    return AllocationHistory(
+        run_id=run_id,
+        points=[AllocationPoint.model_validate(p, from_attributes=True) for p in points],
+    )

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from budget_service import metrics
 from budget_service.deps import SettingsDep, StoreDep
-from budget_service.models import ReportRequest, ReportResult, check_report
+from budget_service.limits import check_report
 from budget_service.routes import RunIdPath, v1_router
+from budget_service.schemas import ReportRequest, ReportResult
 from budget_service.store import Report
 
 router = v1_router("observations")

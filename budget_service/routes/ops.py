@@ -6,8 +6,8 @@ from fastapi import APIRouter, Response
 
 from budget_service import metrics
 from budget_service.deps import SettingsDep, StoreDep
-from budget_service.handlers import ERROR_RESPONSES
-from budget_service.models import Health, Readiness
+from budget_service.exception_handlers import ERROR_RESPONSES
+from budget_service.schemas import Health, Readiness
 
 router = APIRouter(tags=["operations"])
 

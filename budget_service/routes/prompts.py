@@ -7,10 +7,9 @@ from typing import Annotated
 from fastapi import Path
 
 from budget_service.deps import StoreDep
-from budget_service.engine.estimates import estimate
 from budget_service.errors import PromptNotFoundError
-from budget_service.models import PromptStats, config_from_json
-from budget_service.routes import RunIdPath, v1_router
+from budget_service.routes import RunIdPath, run_estimates, v1_router
+from budget_service.schemas import PromptStats
 
 router = v1_router("prompts")
 
@@ -25,9 +24,8 @@ async def get_prompt(
     snapshot = await store.read_batch(run_id, [prompt_id])
     if not snapshot.seen[0]:
         raise PromptNotFoundError(run_id, prompt_id)
-    _, params = config_from_json(snapshot.config_json)
     step = max(snapshot.totals.last_step, 0)
-    estimates = estimate(snapshot.stats, snapshot.totals, step, params)
+    _, estimates = run_estimates(snapshot.config_json, snapshot.stats, snapshot.totals, step)
     stats = snapshot.stats
     rejected_sum, rejected_count = stats.rejected_norms()
     return PromptStats(

@@ -8,19 +8,17 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from budget_service.deps import StoreDep
-from budget_service.engine.estimates import estimate
 from budget_service.errors import ConflictError
-from budget_service.models import (
+from budget_service.routes import RunIdPath, config_from_json, run_estimates, v1_router
+from budget_service.schemas import (
     Histogram,
     Run,
     RunConfig,
     RunConfigPatch,
     RunSummary,
-    config_from_json,
     from_ms,
     merge_config,
 )
-from budget_service.routes import RunIdPath, v1_router
 from budget_service.store import RunRecord, config_to_json
 
 router = v1_router("runs")
@@ -79,7 +77,7 @@ async def patch_run(run_id: RunIdPath, patch: RunConfigPatch, store: StoreDep) -
 
 @router.delete("/{run_id}", status_code=204, response_class=Response)
 async def delete_run(run_id: RunIdPath, store: StoreDep) -> Response:
-    """Delete a run with its config, statistics, report ids and latest allocation."""
+    """Delete a run with its config, statistics, report ids and allocations."""
     await store.delete_run(run_id)
     return Response(status_code=204)
 
@@ -88,14 +86,13 @@ async def delete_run(run_id: RunIdPath, store: StoreDep) -> Response:
 async def get_summary(run_id: RunIdPath, store: StoreDep) -> RunSummary:
     """Counts, pooled rates and a p_hat histogram (reads every prompt: O(prompts))."""
     counts = await store.counts(run_id)
-    _, params = config_from_json(counts.config_json)
     totals = counts.totals
     step = max(totals.last_step, 0)
     edges = np.linspace(0.0, 1.0, _HISTOGRAM_BINS + 1)
     histogram = np.zeros(_HISTOGRAM_BINS, dtype=np.int64)
     async for page in store.scan_statistics(run_id):
-        p_hat = estimate(page, totals, step, params).p_hat
-        histogram += np.histogram(np.clip(p_hat, 0.0, 1.0), bins=edges)[0]
+        _, estimates = run_estimates(counts.config_json, page, totals, step)
+        histogram += np.histogram(np.clip(estimates.p_hat, 0.0, 1.0), bins=edges)[0]
     return RunSummary(
         run_id=run_id,
         prompts=counts.prompts,

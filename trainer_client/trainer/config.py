@@ -82,6 +82,7 @@ class TrainConfig:
     out_dir: str = ""  # metrics, checkpoint and spool; "" = runs/<run_id>
     checkpoint_every: int = 0  # save every this many steps; 0 = only at the end
     log_every: int = 1  # print a summary line every this many steps; 0 = never
+    report_to: Literal["none", "tensorboard", "wandb"] = "none"  # also log steps to TB or W&B
     resume: bool = False  # continue from out_dir's checkpoint (its config, then these flags)
     seed: int = 0  # prompts, sampling and initialisation
     progress: bool = True  # tqdm progress bar
@@ -326,3 +327,12 @@ def format_overrides(config: TrainConfig, overrides: Mapping[str, tuple[Any, str
             shown = "***" if key == "api_token" else repr(value)
             lines.append(f"  {key} = {shown}  ({source})")
     return "\n".join(lines) if lines else "  (all defaults)"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``gvm-train``: the flags are checked, and ``--help`` answered, before the trainer imports
+    torch and transformers (seconds), then ``train.main`` runs."""
+    build_parser().parse_args(argv)
+    from trainer_client.trainer.train import main as train
+
+    return train(argv)

@@ -103,15 +103,25 @@ def stop(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
+DESCRIPTION = """\
+The whole loop on this machine, in one command: start the budget service (with its own embedded
+Redis) on a free port, train the tiny model on the arithmetic task for a few steps with GVM
+allocation (one line per step), print where to look, and stop the service, also on Ctrl-C or
+SIGTERM. The first run builds and warms up the tiny model (1-2 minutes, with a progress bar);
+it is cached after that."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gvm-demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out-dir", type=Path, default=Path("runs/demo"), help="output folder")
+    parser = argparse.ArgumentParser(prog="gvm-demo", description=DESCRIPTION)
+    parser.add_argument(
+        "--out-dir", type=Path, default=Path("runs/demo"), help="output folder (default: runs/demo)"
+    )
     parser.add_argument("--host", default="127.0.0.1", help="service bind address")
     parser.add_argument("--port", type=int, default=0, help="service port (0: a free one)")
     parser.add_argument("--steps", type=int, default=8, help="training steps")
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per step")
     parser.add_argument("--budget", type=int, default=64, help="samples per step")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="prompts, sampling and initialisation")
     parser.add_argument(
         "--keep-serving", action="store_true", help="leave the service up until Ctrl-C"
     )
@@ -120,7 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the service the way Ctrl-C does
+    # Explicit handlers, whatever we inherited: under `nohup ... &` and some CI runners SIGINT
+    # starts out ignored, and Python then leaves it so. `kill` stops us the way Ctrl-C does.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
     out: Path = args.out_dir
     port = args.port or free_port(args.host)
     run_id = "demo"

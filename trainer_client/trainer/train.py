@@ -16,7 +16,8 @@ paper's trainer, they are trained on too: a prompt's group is its pilot and main
 
 Outputs in ``out_dir``: ``metrics.jsonl`` (one line per step), ``summary.json``, ``checkpoint/``
 (a Hugging Face model folder plus ``trainer_state.pt``: optimizer, step, counters, RNG, config),
-and ``reports.spool.jsonl`` (reports waiting for an unreachable service; replayed on resume).
+``reports.spool.jsonl`` (reports waiting for an unreachable service; replayed on resume), and
+with ``--report-to tensorboard`` event files in ``tensorboard/`` (``logging_sinks``).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from trainer_client.trainer.checkpoints import resolve_model
 from trainer_client.trainer.config import TrainConfig, format_overrides, parse_args
 from trainer_client.trainer.generation import Completion, Generator, HFGenerator, SamplingConfig
 from trainer_client.trainer.grad_norms import grad_norms
+from trainer_client.trainer.logging_sinks import open_sink
 from trainer_client.trainer.losses import (
     Batch,
     LossOutput,
@@ -130,7 +132,7 @@ def model_folder(config: TrainConfig) -> Path:
     if config.model:
         return resolve_model(config.model, cache_dir=cache)
     print("model: the tiny model after its supervised warm-up (built on first use, then cached)")
-    return warm_up(cache)
+    return warm_up(cache, progress=True)
 
 
 def make_generator(
@@ -446,7 +448,10 @@ def load_policy(folder: str | Path, config: TrainConfig, device: torch.device) -
     the rest in backward (about a third more compute, activations no longer grow with depth)."""
     model: Any = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     model.to(device)
-    if config.gradient_checkpointing:
+    # transformers 5.25 renamed it: the old name is a deprecated alias (a FutureWarning) there.
+    if config.gradient_checkpointing and hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable({"use_reentrant": False})
+    elif config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
 
@@ -504,6 +509,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
         restore_rng(state)
     metrics_path = out / METRICS_FILE
     keep_metrics_before(metrics_path, first_step)
+    sink = open_sink(config, first_step)  # TensorBoard or W&B, when report_to names one
 
     run_id = config.run_name
     token = config.api_token or os.environ.get("GVM_API_TOKEN") or None
@@ -630,6 +636,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
                 }
                 metrics.write(json.dumps(record) + "\n")
                 metrics.flush()
+                sink.log(record)
                 bar.set_postfix(
                     accept=f"{record['accept_rate']:.2f}", n=f"{min(counts)}..{max(counts)}"
                 )
@@ -674,6 +681,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     finally:
         generator.close()
         client.close()
+        sink.close()
 
 
 def quiet_transformers() -> None:

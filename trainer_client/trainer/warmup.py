@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from trainer_client.trainer.generation import HFGenerator, SamplingConfig
@@ -99,9 +100,14 @@ def _learning_rate(step: int, config: WarmupConfig) -> float:
 
 
 def train_warmup(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, config: WarmupConfig
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    config: WarmupConfig,
+    *,
+    progress: bool = False,
 ) -> list[float]:
-    """Supervised steps on fresh arithmetic problems, in place; returns the loss per step."""
+    """Supervised steps on fresh arithmetic problems, in place; returns the loss per step.
+    `progress`: a tqdm bar with the ETA on stderr."""
     if len(config.level_weights) != len(config.levels):
         raise ValueError(
             f"level_weights has {len(config.level_weights)} entries for {len(config.levels)} levels"
@@ -112,7 +118,8 @@ def train_warmup(
     losses = []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        for step in range(config.steps):
+        bar = tqdm(range(config.steps), desc="warm-up", unit="step", disable=not progress)
+        for step in bar:
             levels = rng.choices(config.levels, weights=config.level_weights, k=config.batch_size)
             problems = [random_problem(rng, level) for level in levels]
             prompts = encode_prompts(tokenizer, problems)
@@ -130,6 +137,7 @@ def train_warmup(
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             losses.append(float(loss.detach()))
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
     optimizer.zero_grad(set_to_none=True)
     return losses
 
@@ -167,17 +175,26 @@ def warm_up(
     cache_dir: str | Path | None = None,
     tiny: TinyConfig | None = None,
     config: WarmupConfig | None = None,
+    *,
+    progress: bool = False,
 ) -> Path:
     """The folder of the warmed-up tiny model (model, tokenizer and `warmup.json`), cached.
 
     `warmup.json` records the loss curve, the training time and the acceptance per level
-    measured after training (`read_report`).
+    measured after training (`read_report`). `progress`: when it is built, say so (it happens
+    once) and show a progress bar with the ETA.
     """
     tiny = tiny or TinyConfig()
     config = config or WarmupConfig()
     base = build_tiny(cache_dir, tiny)
 
     def build(folder: Path) -> None:
+        if progress:
+            print(
+                f"warming up the tiny model: {config.steps} supervised steps, then an acceptance "
+                f"check (1-2 min, once: cached in {base.parent})",
+                flush=True,
+            )
         model, tokenizer = load_tiny(base)
         problems = arithmetic_problems(
             config.eval_prompts_per_level * len(config.levels),
@@ -186,7 +203,7 @@ def warm_up(
         )
         with single_threaded():
             started, cpu_started = time.perf_counter(), time.process_time()
-            losses = train_warmup(model, tokenizer, config)
+            losses = train_warmup(model, tokenizer, config, progress=progress)
             train_seconds = time.perf_counter() - started
             train_cpu_seconds = time.process_time() - cpu_started  # less load-sensitive
             started = time.perf_counter()

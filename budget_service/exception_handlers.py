@@ -19,11 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute, Match
 
 from budget_service import metrics
-from budget_service.engine.allocation import (
-    AllocationError,
-    InfeasibleBudgetError,
-    InvalidStatisticsError,
-)
+from budget_service.engine import AllocationError, InfeasibleBudgetError, InvalidStatisticsError
 from budget_service.errors import (
     ConflictError,
     ForbiddenError,
@@ -34,7 +30,7 @@ from budget_service.errors import (
     UnauthorizedError,
 )
 from budget_service.logs import logger, request_id_var
-from budget_service.models import ErrorResponse
+from budget_service.schemas import ErrorResponse
 
 _HTTP_CODES = {
     400: "bad_request",

@@ -1,0 +1,155 @@
+"""`gvm-paper`: the published rule (RLHFlow/GVM, em/stage_2_calc_sample_size.py and its trainer),
+reproduced to the integer.
+
+    w_i = G_i / sqrt(p_i + alpha / p_i^(beta - 1))   (0 when G_i == 0 or p_i == 0)
+    r_i = w_i / sum_l w_l                            (summed left to right, as Python's `sum`)
+    filter_threshold > 0:    r_i = 0 where p_i > threshold
+    filter_insufficient > 0: r_i = 0 unless p_i * r_i * N >= filter_insufficient
+    r_i = r_i / sum_l r_l; n = round(r N) (half to even), then +-1 on the largest residuals
+    (np.argsort order) until sum n = N; then the trainer pads the total up to a multiple of
+    align_to: +1 per prompt in np.argsort(n)[::-1] order, cycling.
+
+Bounds and exploration do not apply. If every ratio is 0 (the published code divides by zero)
+the budget is split evenly. Each step does the published code's floating-point operations in
+its order, so the integers are the same (tests/test_allocation_paper.py checks them against a
+plain loop, benchmarks/published_rule.py).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from budget_service.engine.cost import objective
+from budget_service.engine.estimates import Estimates
+from budget_service.engine.params import CODE, F64, I64, AllocationParams, AllocationPlan, Reason
+from budget_service.engine.solver import split_evenly
+
+__all__ = ["paper_allocation", "paper_weights", "sequential_sum"]
+
+
+def paper_allocation(estimates: Estimates, budget: int, params: AllocationParams) -> AllocationPlan:
+    """The published rule's plan for validated estimates (see the module docstring)."""
+    p, N = estimates.p_hat + 0.0, budget  # -0.0 -> 0.0: the published `p == 0` holds for it
+    m = p.size
+    w = paper_weights(p, estimates.g_hat, params.alpha, params.beta)
+    total = sequential_sum(w)
+    ratios = w / total if total != 0 else np.zeros(m)  # total 0: every w is 0
+    if params.filter_threshold:
+        ratios[p > params.filter_threshold] = 0.0
+    if params.filter_insufficient:
+        ratios[~(p * ratios * N >= params.filter_insufficient)] = 0.0
+    total = sequential_sum(ratios)
+    if total == 0:  # no weight left
+        samples = split_evenly(m, N)
+        ratios = np.full(m, 1.0 / m)
+        codes = np.full(m, CODE[Reason.gvm], np.int8)
+    else:
+        ratios /= total
+        scaled = ratios * N
+        rounded = np.rint(scaled)
+        samples = rounded.astype(np.int64)
+        error = N - int(samples.sum())
+        if error:
+            samples[_fix_up(scaled - rounded, abs(error), error > 0)] += 1 if error > 0 else -1
+        codes = (ratios == 0).astype(np.int8) * np.int8(CODE[Reason.filtered])  # else gvm: 0
+    padding = -N % params.align_to  # the trainer's, after the fix-up
+    if padding:
+        rounds, rest = divmod(padding, m)
+        first = _largest(samples, rest)  # the order before any padding
+        samples += rounds
+        samples[first] += 1
+    cost = np.square(w)  # w_i^2 = c_i, the regularised cost
+    v, extra = divmod(N, m)  # the even split: v + 1 for the first `extra` prompts, v after
+    uniform = float(cost[:extra].sum()) / (v + 1) + (float(cost[extra:].sum()) / v if v else 0.0)
+    return AllocationPlan(
+        samples=samples,
+        weights=ratios,
+        reason_codes=codes,
+        total=N + padding,
+        budget=budget,
+        predicted_variance=objective(cost, samples),
+        uniform_variance=uniform,
+    )
+
+
+_BLOCK = 1 << 14  # values per step of sequential_sum: stays in cache
+_TINY = 2.0**-960  # below this, 1 / (the running sum's spacing) overflows
+
+
+def sequential_sum(values: F64) -> float:
+    """values[0] + values[1] + ..., one rounding per addition, left to right (the published
+    `sum`, not numpy's pairwise one), bit for bit, for values >= 0 or NaN.
+
+    A chain of 10^6 dependent additions (np.cumsum) takes ~3 ms; most blocks go in one step:
+    while the running sum s stays in its binade [2^(e-1), 2^e), every float there is a multiple
+    of u = 2^(e-53), so fl(s + x) = s + rint(x / u) u for x >= 0 - unless x / u is halfway
+    between integers (then the result's parity decides). A block without halfway values whose
+    rounded total keeps s below 2^e therefore adds exactly; any other block takes the chain.
+    """
+    s = 0.0
+    for start in range(0, values.size, _BLOCK):
+        x = values[start : start + _BLOCK]
+        if _TINY <= s < math.inf:
+            scale = math.ldexp(1.0, 53 - math.frexp(s)[1])  # 1 / u, exact
+            base = s * scale  # an integer in [2^52, 2^53)
+            with np.errstate(over="ignore", invalid="ignore"):  # inf, NaN: the chain
+                q = x * scale  # exact
+                r = np.rint(q)
+                t = float(r.sum())  # whole numbers below 2^53: exact in any order
+                q -= r
+            if base + t < 2.0**53 and not (q.max() >= 0.5 or q.min() <= -0.5):
+                s = (base + t) / scale
+                continue
+        s = float(np.cumsum(np.concatenate(([s], x)))[-1])
+    return s
+
+
+def paper_weights(p: F64, g: F64, alpha: float, beta: float) -> F64:
+    """w = G / sqrt(p + alpha / p^(beta - 1)), 0 where p or G is 0: element for element the
+    published loop's numbers (the same IEEE operations in the same order)."""
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        # beta = 2: pow(p, 1.0) is p itself, exactly (tested), so it is skipped
+        w = np.divide(alpha, p if beta == 2.0 else np.power(p, beta - 1.0))
+        w += p
+        np.sqrt(w, out=w)
+        np.divide(g, w, out=w)
+    if not (alpha > 0 and beta > 1.0):  # else p = 0 gives alpha / 0 = inf, so w = 0 already
+        w[(g == 0) | (p == 0)] = 0.0
+    return w
+
+
+def _fix_up(residuals: F64, count: int, short: bool) -> I64:
+    """The prompts the published fix-up moves: np.argsort(keys)[:count] as a set, keys =
+    -residuals when short, else residuals (residuals = scaled - rounded, bit for bit the
+    published ones), without a full sort unless a tie straddles the cut (then argsort itself
+    decides, on the published keys). Residuals spread over [-0.5, 0.5]: a pre-cut keeps the
+    partition small. The order inside the set does not matter: every index gets the same
+    +-1."""
+    bar = 0.5 - 8.0 * (count + 1) / residuals.size
+    pool = np.flatnonzero(residuals >= bar if short else residuals <= -bar)
+    if count < pool.size:  # else the pre-cut was too tight for this spread
+        keys = residuals[pool]
+        if short:
+            np.negative(keys, out=keys)
+        part = np.argpartition(keys, count)
+        cut = keys[part[count]]  # the (count+1)-th smallest; everything after it is >= cut
+        head = part[:count]
+        if bool((keys[head] < cut).all()):  # and every key outside the pool is above cut
+            return pool[head]
+    return np.argsort(np.negative(residuals) if short else residuals)[:count]
+
+
+def _largest(sizes: I64, count: int) -> I64:
+    """The set np.argsort(sizes)[::-1][:count] - the prompts the published trainer pads
+    first - by a partition when the count-th and (count+1)-th largest sizes differ; when they
+    are tied, argsort's order among equal sizes decides (unstable, and reversed by [::-1]), so
+    the full argsort runs."""
+    m = sizes.size
+    if count == 0:
+        return np.empty(0, np.intp)
+    part = np.partition(sizes, (m - count - 1, m - count))
+    if part[m - count - 1] < part[m - count]:
+        return np.flatnonzero(sizes >= part[m - count])
+    return np.argsort(sizes)[::-1][:count]

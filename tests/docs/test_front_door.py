@@ -1,0 +1,117 @@
+"""The README's results table is the committed measurements, and its code blocks are the
+tested ones.
+
+Each row's "measured" and verdict cells are rebuilt from `benchmarks/results/*.json`; the
+README's snippets must equal the blocks of docs/ that tests run against a live service.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from readme import README, RESULTS, marked_block
+
+
+def results(name: str) -> Any:
+    return json.loads((RESULTS / f"{name}.json").read_text())
+
+
+def verdict(met: bool) -> str:
+    return "met" if met else "**not met**"
+
+
+def table() -> dict[str, list[str]]:
+    """The results table as {first cell: [measured, verdict], ...}; a row with an empty first
+    cell continues the benchmark above it and is keyed `<benchmark> (2)`."""
+    text = README.read_text()
+    block = text[text.index("<!-- results-table -->") :].split("\n\n", 1)[0]
+    rows: dict[str, list[str]] = {}
+    last = ""
+    for line in block.splitlines()[3:]:
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        key = cells[0] or f"{last} (2)"
+        last = cells[0] or last
+        rows[key] = cells[2:]
+    return rows
+
+
+def expected() -> dict[str, list[str]]:
+    load = results("load")
+    speed = results("allocation_speed")
+    targets = speed["targets"]
+    variance = results("variance")
+    u_shaped = variance["raft"]["u-shaped"]["strategies"]["gvm"]
+    cpu = [
+        method["speedup_of_batched"]
+        for name in ("grad_norms", "grad_norms_2threads")
+        for workload in results(name)["workloads"].values()
+        for method in (workload["per_sample"], workload["published"])
+    ]
+    gpu_run = results("grad_norms_gpu")
+    gpu = [w["per_sample"]["speedup_of_batched"] for w in gpu_run["workloads"].values()]
+    tiny, smollm2 = results("vllm_weight_update")["results"]
+    learning = results("learning")["summary"]["train_pool"]
+    online = learning["gvm-online"]["samples_ratio_to_reach_uniform_final"]["median"]
+    paper = learning["gvm-paper"]["samples_ratio_to_reach_uniform_final"]["median"]
+    soak = results("soak")
+    return {
+        "service under load (8 clients, 1,024 prompts)": [
+            f"{load['ratios']['allocate_p99_vs_floor']}x, "
+            f"{load['ratios']['report_p99_vs_floor']}x; 0 errors",
+            verdict(all(load["targets_met"].values())),
+        ],
+        "allocation speed, 10^6 prompts": [
+            f"{targets['gvm_ms_1e6_wall']['value']:.0f} ms, "
+            f"{targets['gvm_speedup_1e6_paired']['value']:.1f}x; "
+            f"{targets['gvm_paper_speedup_1e6_paired']['value']:.1f}x, identical",
+            verdict(
+                all(row["identical_integers"] for row in speed["rows"])
+                and targets["gvm_ms_1e6_wall"]["met"]
+                and targets["gvm_speedup_1e6_paired"]["met"]
+                and targets["gvm_paper_speedup_1e6_paired"]["met"]
+            ),
+        ],
+        "gradient variance, U-shaped difficulty": [
+            f"{u_shaped['to_uniform']:.3f}x",
+            verdict(variance["targets"]["gvm_to_uniform_u_shaped"]["met"]),
+        ],
+        "gradient variance, U-shaped difficulty (2)": [
+            f"{u_shaped['to_oracle']:.3f}x (no pilot-only allocation gets below "
+            f"{variance['limits_u_shaped_to_oracle']['any_pilot_only_allocator_floor']:.3f}x)",
+            verdict(variance["targets"]["gvm_to_oracle_u_shaped"]["met"]),
+        ],
+        "gradient norms, 32 responses": [
+            f"H100: {min(gpu):.1f}x; 2-core CPU: {min(cpu):.1f}x-{max(cpu):.1f}x",
+            f"{'met' if min(gpu) >= gpu_run['target_speedup'] else 'not met'} on the GPU, "
+            f"{'met' if min(cpu) >= gpu_run['target_speedup'] else 'not'} on the CPU",
+        ],
+        "vLLM weight update": [
+            f"{tiny['update_direct']['median_s']:.2f} s (tiny), "
+            f"{smollm2['update_direct']['median_s']:.2f} s (SmolLM2) vs "
+            f"{tiny['rebuild_engine_s']:.1f} s, {smollm2['rebuild_engine_s']:.1f} s to rebuild",
+            verdict(tiny["rebuild_over_update"] > 1 and smollm2["rebuild_over_update"] > 1),
+        ],
+        "learning per generated sample, 20 seeds": [
+            f"training prompts {online:.2f}x (`gvm` online), {paper:.2f}x (paper mode); "
+            f"uniform against itself {learning['uniform']['null_cross_seed_median']:.2f}x",
+            verdict(max(online, paper) <= 0.5),
+        ],
+        "soak, 16 trainers, 10 minutes": [
+            f"exact over {soak['requests_total']:,} requests",
+            verdict(soak["ledger_check"]["exact"] and not soak["error_answers"]),
+        ],
+    }
+
+
+def test_the_results_table_is_the_committed_measurements() -> None:
+    assert table() == expected()
+
+
+def test_the_readme_snippets_are_the_tested_ones() -> None:
+    text = README.read_text()
+    copies = re.findall(r"<!-- copy-of: ([\w-]+) -->\n```\w*\n(.*?)\n```", text, flags=re.DOTALL)
+    assert {name for name, _ in copies} == {"integrate-curl", "integrate-python"}
+    for name, body in copies:
+        assert body == marked_block(name), name

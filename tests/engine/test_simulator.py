@@ -1,0 +1,111 @@
+"""The learning simulator (benchmarks/simulator.py) and its statistics (benchmarks/stats.py)."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+from budget_service.engine import AllocationParams, Estimates, allocate
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def modules() -> tuple[ModuleType, ModuleType]:
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import simulator
+        import stats
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    return simulator, stats
+
+
+@pytest.fixture(scope="module")
+def small(modules: tuple[ModuleType, ModuleType]) -> tuple[object, dict[str, object]]:
+    sim = modules[0]
+    settings = sim.Settings(pool=128, batch=16, held_out=64)
+    return settings, sim.simulate(settings, seeds=6, block=4)
+
+
+def test_every_arm_counts_exactly_its_budget(small: tuple[object, dict[str, object]], modules):
+    settings, results = small
+    sim = modules[0]
+    for arm in sim.ARMS:
+        r = results[arm.name]
+        assert (r.counted == settings.budget).all(), arm.name
+        pilot = settings.pilot * settings.batch if arm.pilot else 0
+        extra = 0 if arm.pilot_counted else pilot
+        assert (r.generated == settings.budget + extra).all(), arm.name
+        assert r.held_out.shape == (6, settings.steps + 1)
+        assert r.by_level.sum() == r.generated.sum()
+
+
+def test_arms_are_paired_on_the_same_start(small: tuple[object, dict[str, object]]):
+    _, results = small
+    starts = [r.held_out[:, 0] for r in results.values()]
+    for start in starts[1:]:
+        np.testing.assert_array_equal(start, starts[0])
+
+
+def test_uniform_arm_is_the_engines_uniform(modules):
+    sim = modules[0]
+    p, g = np.linspace(0.01, 0.9, 24), np.ones(24)
+    mine = sim.allocation(sim.ARMS[0], 100, 0, None, None, np.zeros(24, np.int64), p, g)
+    ones = Estimates.from_rates(np.ones(24), np.ones(24))
+    np.testing.assert_array_equal(mine, allocate(ones, 100, AllocationParams("uniform")).samples)
+
+
+def test_filter_only_spends_on_solved_prompts_alone(modules):
+    sim = modules[0]
+    solved = np.array([0, 3, 0, 1, 2, 0], np.int64)
+    n = sim.allocation(sim.ARMS[1], 30, 0, None, None, solved, np.full(6, 0.3), np.ones(6))
+    assert n.sum() == 30
+    assert (n[solved == 0] == 0).all()
+    assert (n[solved > 0] == 10).all()
+
+
+def test_level_fit_recovers_a_known_beta(modules):
+    sim = modules[0]
+    a, b = 0.13 * 11.0, 0.87 * 11.0
+    rng = np.random.default_rng(0)
+    p = rng.beta(a, b, 400_000)
+    k = rng.binomial(16, p)
+    mixed = float(np.mean((k > 0) & (k < 16)))
+    fa, fb = sim.fit_level(0.13, mixed)
+    assert fa + fb == pytest.approx(11.0, rel=0.1)
+
+
+def test_sign_flip_test_sees_a_constructed_shift_and_not_its_absence(modules):
+    stats = modules[1]
+    rng = np.random.default_rng(1)
+    noise = rng.standard_normal(40)
+    assert stats.sign_flip_test(noise + 1.0, resamples=20_000) < 1e-3
+    assert stats.sign_flip_test(noise - noise.mean(), resamples=20_000) > 0.9
+    # exact for few seeds: 6 positive differences of 6 is 2 of 64 sign patterns
+    assert stats.sign_flip_test([1.0, 2.0, 1.5, 0.5, 1.0, 3.0]) == pytest.approx(2 / 64)
+
+
+def test_bootstrap_interval_covers_a_known_ratio(modules):
+    stats = modules[1]
+    rng = np.random.default_rng(2)
+    x = np.linspace(0.0, 1000.0, 21)
+    uniform = x / 1000.0 + 0.02 * rng.standard_normal((30, 21))
+    faster = np.minimum(x / 600.0, 1.4) + 0.02 * rng.standard_normal((30, 21))
+    interval = stats.bootstrap_ratio(x, faster, uniform, resamples=500)
+    assert interval.low <= 0.6 <= interval.high
+    assert interval.high - interval.low < 0.1
+    assert stats.samples_ratio(x, uniform[:, :10], uniform) == math.inf  # never reached
+
+
+def test_auc_and_holm_on_known_inputs(modules):
+    stats = modules[1]
+    x = np.array([0.0, 1.0, 3.0])
+    np.testing.assert_allclose(stats.auc(x, np.array([[0.0, 1.0, 1.0]])), [2.5 / 3])
+    assert stats.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert stats.samples_to_reach(x, np.array([0.0, 0.5, 1.0]), 0.75) == pytest.approx(2.0)
