@@ -31,13 +31,18 @@ with the run totals, as the service does.
 
 Held-out accuracy is the exact mean of p_j over the held-out prompts (no sampling noise).
 
-Run: python benchmarks/simulator.py [--seeds 2000] [--estimator trainer|lemma1]
-Writes benchmarks/results/simulator.json and simulator.png.
+Run (docs/benchmarks.md, "Learning simulator"; about 2-5 minutes on 2 cores):
+
+    python benchmarks/simulator.py                      # simulator.json and .png, 2,000 seeds
+    python benchmarks/simulator.py --seeds 1000 --estimator lemma1 --name simulator_lemma1
+    python benchmarks/simulator.py --seeds 1000 --signal 0.3 --name simulator_signal0.3
+    python benchmarks/simulator.py --docs               # the docs' tables from those files
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -497,6 +502,59 @@ def plot(x: F64, results: dict[str, ArmResult], path: Any, title: str) -> None:
     plt.close(fig)
 
 
+# The docs' three learners: results file stem and column title.
+LEARNERS = (
+    ("simulator", "trainer estimator, m = 0.15 (main)"),
+    ("simulator_signal0.3", "trainer estimator, m = 0.3"),
+    ("simulator_lemma1", "per-prompt means (Lemma 1), m = 0.15"),
+)
+
+
+def docs_tables(payloads: dict[str, dict[str, Any]]) -> list[str]:
+    """The tables of docs/benchmarks.md "Learning simulator", from the results files."""
+
+    def ratio(x: float | None) -> str:
+        return "not reached" if x is None else f"{x:.3f}"
+
+    def with_ci(entry: dict[str, Any]) -> str:
+        low, high = entry["samples_ratio_90ci"]
+        return f"{ratio(entry['samples_ratio'])} ({ratio(low)}-{ratio(high)})"
+
+    main = payloads[LEARNERS[0][0]]["summary"]
+    rows = [
+        "| arm | samples to reach uniform's final: ratio (90% CI) | held-out AUC minus uniform "
+        f"(wins-losses) | p (sign flip, Holm over {main['comparisons_with_uniform']}) "
+        "| final held-out |",
+        "|---|---|---|---|---|",
+    ]
+    for name, e in main["arms"].items():
+        if name == "uniform":
+            rows.append(f"| uniform | 1 (the reference) | 0 | - | {e['final']:.3f} |")
+            continue
+        d = e["auc_difference"]
+        rows.append(
+            f"| {name} | {with_ci(e)} | {d['mean']:+.4f} ({d['wins']}-{d['losses']}) "
+            f"| {e['sign_flip_p_holm']:.2g} | {e['final']:.3f} |"
+        )
+    header = " | ".join(title for _, title in LEARNERS)
+    contrasts = [f"| part of the mechanism (arm vs baseline) | {header} |", "|---|---|---|---|"]
+    for i, c in enumerate(main["contrasts"]):
+        cells = []
+        for stem, _ in LEARNERS:
+            cc = payloads[stem]["summary"]["contrasts"][i]
+            cells.append(
+                f"{cc['auc_difference']:+.4f} ({cc['share_of_uniform_gain']:+.2f}; "
+                f"p {cc['sign_flip_p']:.2g})"
+            )
+        contrasts.append(f"| {c['part']}: {c['arm']} vs {c['baseline']} | {' | '.join(cells)} |")
+    ratios = [f"| ratio (90% CI) | {header} |", "|---|---|---|---|"]
+    for name in main["arms"]:
+        if name != "uniform":
+            cells = [with_ci(payloads[stem]["summary"]["arms"][name]) for stem, _ in LEARNERS]
+            ratios.append(f"| {name} | {' | '.join(cells)} |")
+    return ["\n".join(rows), "\n".join(contrasts), "\n".join(ratios)]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=2000)
@@ -504,7 +562,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--signal", type=float, default=Settings.signal, help="m (sensitivity)")
     parser.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
     parser.add_argument("--name", default="simulator")
+    parser.add_argument("--docs", action="store_true", help="print the docs' tables and exit")
     args = parser.parse_args(argv)
+    if args.docs:
+        payloads = {
+            stem: json.loads((RESULTS / f"{stem}.json").read_text()) for stem, _ in LEARNERS
+        }
+        print("\n\n".join(docs_tables(payloads)))
+        return 0
     settings = Settings(estimator=args.estimator, signal=args.signal)
     started = time.perf_counter()
     results = simulate(settings, args.seeds)

@@ -147,3 +147,33 @@ def check_allocation_limits(request: AllocationRequest, settings: Settings) -> N
                 "ids must be distinct",
             )
         first_index[prompt_id] = j
+    _check_drawn(request)
+
+
+def _check_drawn(request: AllocationRequest) -> None:
+    """`drawn` and `drawn_accepted`: one entry per prompt id, accepted <= drawn, accepted only
+    with drawn (the schema already checks each entry is an integer in range)."""
+    m = len(request.prompt_ids)
+    drawn, accepted = request.drawn, request.drawn_accepted
+    if drawn is None:
+        if accepted is not None:
+            raise _limit_error("drawn_accepted", "needs_drawn", "is given without drawn")
+        return
+    for name, values in (("drawn", drawn), ("drawn_accepted", accepted)):
+        if values is not None and len(values) != m:
+            i = min(len(values), m)  # the first entry that is missing or extra
+            raise _limit_error(
+                f"{name}[{i}]",
+                "same_length",
+                f"{name} has {len(values)} items, prompt_ids has {m}: "
+                + (f"{name}[{i}] is missing" if len(values) < m else f"{name}[{i}] is extra"),
+            )
+    if accepted is not None:
+        over = np.flatnonzero(np.asarray(accepted) > np.asarray(drawn))
+        if over.size:
+            i = int(over[0])
+            raise _limit_error(
+                f"drawn_accepted[{i}]",
+                "accepted_le_drawn",
+                f"is {accepted[i]}, more than drawn[{i}] ({drawn[i]})",
+            )

@@ -70,7 +70,8 @@ class RunConfig(WireModel):
     strategy: Strategy = Field(
         default=_DEFAULTS.strategy,
         description="gvm: our optimum with estimates and bounds; gvm-paper: the published "
-        "algorithm's integers; uniform: budget split evenly.",
+        "algorithm's integers; uniform: budget split evenly; knapsack: Knapsack RL's value "
+        "(arXiv 2509.25849), needs no gradient norms.",
     )
     alpha: FiniteNonNegative = Field(
         default=_DEFAULTS.alpha,
@@ -336,7 +337,10 @@ class AllocationRequest(WireModel):
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [{"prompt_ids": ["gsm8k-0001", "gsm8k-0002", "gsm8k-0003"],
-                          "budget": 24, "step": 43}]
+                          "budget": 24, "step": 43},
+                         {"prompt_ids": ["gsm8k-0001", "gsm8k-0002", "gsm8k-0003"],
+                          "budget": 16, "step": 43, "drawn": [4, 4, 4],
+                          "drawn_accepted": [2, 0, 4]}]
         }
     )  # fmt: skip
 
@@ -351,6 +355,18 @@ class AllocationRequest(WireModel):
         ge=0,
         le=MAX_STEP,
         description="Current training step (for decay); default: the run's last reported step.",
+    )
+    drawn: list[Annotated[int, Field(ge=0, le=MAX_SAMPLES_PER_OBSERVATION)]] | None = Field(
+        default=None,
+        description="Top-up: samples of each prompt already drawn this step (and reported), in "
+        "the order of prompt_ids. The answer's samples are then the additional ones, budget the "
+        "additional budget; min/max_samples bound the totals drawn + samples.",
+    )
+    drawn_accepted: list[Annotated[int, Field(ge=0, le=MAX_SAMPLES_PER_OBSERVATION)]] | None = (
+        Field(
+            default=None,
+            description="Accepted among drawn (<= drawn, needs drawn); GRPO top-ups use it.",
+        )
     )
 
 

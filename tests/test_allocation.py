@@ -526,8 +526,8 @@ def test_a_tiny_cost_left_alone_with_the_remaining_budget(tiny: float) -> None:
 @pytest.mark.parametrize("share_equal", [0.0, 0.5, 0.9, 1.0])
 def test_kth_largest_matches_a_sort_when_most_values_are_equal(share_equal: float) -> None:
     # the integer solver's selection at the cut: a prompt group sharing one cost makes most
-    # candidate gains equal, where np.partition slows down 20x and _kth_largest splits them off
-    from budget_service.engine.solver import _kth_largest
+    # candidate gains equal, where np.partition slows down 20x and kth_largest splits them off
+    from budget_service.engine.solver import kth_largest
 
     rng = np.random.default_rng(int(share_equal * 10))
     for size in (5_000, 60_000):
@@ -536,4 +536,4 @@ def test_kth_largest_matches_a_sort_when_most_values_are_equal(share_equal: floa
         values[rng.random(size) < 0.05] = 0.7  # a second, smaller group
         ordered = np.sort(values)[::-1]
         for k in (1, size // 3, size // 2, size - 1, size):
-            assert _kth_largest(values, k) == ordered[k - 1]
+            assert kth_largest(values, k) == ordered[k - 1]

@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 import pytest
-from readme import DOCS, RESULTS, section
+from support.readme import DOCS, RESULTS, section
 
 
 def results(name: str) -> Any:

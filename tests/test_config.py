@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
-from readme import DOCS, section
+from support.readme import DOCS, section
 
 from trainer_client.trainer.config import (
     TrainConfig,

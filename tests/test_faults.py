@@ -27,7 +27,7 @@ from typing import Any
 
 import httpx
 import pytest
-from faultproxy import FaultProxy, Mode, parse_address
+from support.faultproxy import FaultProxy, Mode, parse_address
 
 from trainer_client import AsyncBudgetClient, BudgetClient, RetryPolicy
 

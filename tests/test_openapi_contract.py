@@ -54,7 +54,11 @@ def test_the_design_contract_is_in_the_file() -> None:
         "prompt_id", "samples", "accepted", "grad_norms", "grad_norm_sum", "grad_norm_count",
     }  # fmt: skip
     assert set(models["ReportRequest"]["properties"]) == {"report_id", "step", "observations"}
-    assert set(models["AllocationRequest"]["properties"]) == {"prompt_ids", "budget", "step"}
+    assert set(models["AllocationRequest"]["properties"]) == {
+        "prompt_ids", "budget", "step", "drawn", "drawn_accepted",
+    }  # fmt: skip
+    strategies = models["RunConfig"]["properties"]["strategy"]["enum"]
+    assert set(strategies) == {"gvm", "gvm-paper", "uniform", "knapsack"}
     assert set(models["AllocationItem"]["properties"]) >= {
         "prompt_id", "samples", "p_hat", "g_hat", "weight", "reason",
     }  # fmt: skip

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 import redis
-from conftest import ServiceProcess
+from support.services import ServiceProcess
 from redis.cluster import RedisCluster
 
 from budget_service.store import run_keys

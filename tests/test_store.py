@@ -211,9 +211,7 @@ async def test_unknown_run_is_never_written(store: Store, run_id: str) -> None:
     assert await _keys_of(store, run_id) == set()
 
 
-async def test_allocation_history_keeps_the_last_points_in_order(
-    store: Store, run_id: str
-) -> None:
+async def test_allocation_history_keeps_the_last_points_in_order(store: Store, run_id: str) -> None:
     await store.put_run(run_id, "{}", None)
     assert await store.allocation_history(run_id) == []
     points = [HistoryPoint(s, 8 * s, 1.0 / (s + 1), 0.1 + s) for s in range(HISTORY_MAX + 5)]

@@ -317,8 +317,9 @@ def test_gradient_checkpointing_recomputes_and_changes_nothing(tiny_dir: Path) -
             nonlocal calls
             calls += 1
 
-        # one_update deep-copies the model, hook included: the copy's first layer counts here
-        hook = model.model.layers[0].register_forward_pre_hook(count)
+        # one_update deep-copies the model, hook included: the copy's first MLP counts here (a
+        # module inside the layer: transformers >= 5.25 recomputes `forward`, not the layer's hooks)
+        hook = model.model.layers[0].mlp.register_forward_pre_hook(count)
         try:
             return one_update(model, samples, batch, config), calls
         finally:

@@ -32,7 +32,7 @@ import verl
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig
-from readme import marked_block
+from support.readme import marked_block
 from torchdata.stateful_dataloader import StatefulDataLoader
 from verl import DataProto
 from verl.experimental.dataset.sampler import AbstractCurriculumSampler

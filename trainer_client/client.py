@@ -235,10 +235,20 @@ class _BaseClient:
         return self._request("POST", f"{self._run_path(report.run_id)}/observations", body)
 
     def _allocate(
-        self, run_id: str, prompt_ids: Sequence[str], budget: int, step: int
+        self,
+        run_id: str,
+        prompt_ids: Sequence[str],
+        budget: int,
+        step: int,
+        drawn: Sequence[int] | None = None,
+        drawn_accepted: Sequence[int] | None = None,
     ) -> _Call[Allocation]:
         prompt_ids = list(prompt_ids)
-        body = {"prompt_ids": prompt_ids, "budget": budget, "step": step}
+        body: dict[str, Any] = {"prompt_ids": prompt_ids, "budget": budget, "step": step}
+        if drawn is not None:
+            body["drawn"] = list(drawn)
+        if drawn_accepted is not None:
+            body["drawn_accepted"] = list(drawn_accepted)
 
         def uniform(exc: UnavailableError) -> Allocation:
             config = self._configs.get(run_id)
@@ -486,11 +496,20 @@ class BudgetClient(_BaseClient):
         return self._execute(self._report(run_id, step, observations, report_id))
 
     def allocate(
-        self, run_id: str, prompt_ids: Sequence[str], budget: int, step: int
+        self,
+        run_id: str,
+        prompt_ids: Sequence[str],
+        budget: int,
+        step: int,
+        *,
+        drawn: Sequence[int] | None = None,
+        drawn_accepted: Sequence[int] | None = None,
     ) -> Allocation:
         """Samples per prompt for this batch; an even split (``fallback=True``) if the service
-        stays unreachable."""
-        return self._execute(self._allocate(run_id, prompt_ids, budget, step))
+        stays unreachable. ``drawn`` (and ``drawn_accepted``): what each prompt already drew
+        (and had accepted) this step; the answer is then the additional samples (a top-up)."""
+        call = self._allocate(run_id, prompt_ids, budget, step, drawn, drawn_accepted)
+        return self._execute(call)
 
     def latest_allocation(self, run_id: str) -> Allocation:
         return self._execute(self._latest_allocation(run_id))
@@ -626,11 +645,20 @@ class AsyncBudgetClient(_BaseClient):
         return await self._execute(self._report(run_id, step, observations, report_id))
 
     async def allocate(
-        self, run_id: str, prompt_ids: Sequence[str], budget: int, step: int
+        self,
+        run_id: str,
+        prompt_ids: Sequence[str],
+        budget: int,
+        step: int,
+        *,
+        drawn: Sequence[int] | None = None,
+        drawn_accepted: Sequence[int] | None = None,
     ) -> Allocation:
         """Samples per prompt for this batch; an even split (``fallback=True``) if the service
-        stays unreachable."""
-        return await self._execute(self._allocate(run_id, prompt_ids, budget, step))
+        stays unreachable. ``drawn`` (and ``drawn_accepted``): what each prompt already drew
+        (and had accepted) this step; the answer is then the additional samples (a top-up)."""
+        call = self._allocate(run_id, prompt_ids, budget, step, drawn, drawn_accepted)
+        return await self._execute(call)
 
     async def latest_allocation(self, run_id: str) -> Allocation:
         return await self._execute(self._latest_allocation(run_id))

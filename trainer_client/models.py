@@ -26,7 +26,7 @@ __all__ = [
     "Strategy",
 ]
 
-Strategy = Literal["gvm", "gvm-paper", "uniform"]
+Strategy = Literal["gvm", "gvm-paper", "uniform", "knapsack"]
 
 # The service's bounds on an observation (tests/cases.py runs one table against both).
 MAX_SAMPLES_PER_OBSERVATION = 1_000_000_000

@@ -7,6 +7,17 @@ Strategies (params.strategy):
   flooded.
 - `uniform`: the most even split the bounds allow (the same solver with equal costs).
 - `gvm-paper`: the published rule, reproduced to the integer (paper.py).
+- `knapsack`: Knapsack RL's value sum_i E_post[v(n_i, p_i)], maximised exactly (knapsack.py);
+  needs no gradient norms.
+
+Top-ups (`drawn`): the strategy optimises the step's totals t_i = drawn_i + x_i and answers the
+additional x_i. Decision (checked by brute force in tests/engine/test_topups_exact.py): this is
+the one-shot problem on totals, with bounds [max(l_i, d_i), max(u_i, d_i)] (x_i >= 0, so a prompt
+already over its cap gets 0) and total N + sum d, N the aligned additional budget; so the same
+solvers apply unchanged, the explore floor and the reasons are on totals, and the objective
+reported is J on totals. With algo = "grpo" and `drawn_accepted`, `gvm` minimises the expected
+RLOO error of the step's groups given what they hold (group.py) instead of J. `gvm-paper` is the
+published one-shot rule: it has no top-ups, and `drawn` is refused rather than ignored.
 
 A new strategy is a branch in `allocate`, next to these.
 """
@@ -14,12 +25,16 @@ A new strategy is a branch in `allocate`, next to these.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 from numpy.typing import NDArray
 
 from budget_service.engine.cost import objective, regularised_cost
 from budget_service.engine.estimates import Estimates
+from budget_service.engine.greedy import take_largest
+from budget_service.engine.group import group_topup
+from budget_service.engine.knapsack import knapsack_gains
 from budget_service.engine.paper import paper_allocation
 from budget_service.engine.params import (
     CODE,
@@ -37,8 +52,19 @@ from budget_service.engine.solver import cost_scale, even_split, solve
 __all__ = ["allocate"]
 
 
-def allocate(estimates: Estimates, budget: int, params: AllocationParams) -> AllocationPlan:
-    """Samples per prompt for one batch (see the module docstring for the strategies)."""
+def allocate(
+    estimates: Estimates,
+    budget: int,
+    params: AllocationParams,
+    drawn: Sequence[int] | I64 | None = None,
+    drawn_accepted: Sequence[int] | I64 | None = None,
+) -> AllocationPlan:
+    """Samples per prompt for one batch (see the module docstring for the strategies).
+
+    `drawn`: samples of each prompt already drawn this step (and reported); the plan's samples
+    are then the additional ones and `budget` the additional budget. `drawn_accepted`: how many
+    of them were accepted (<= drawn); used by `gvm` under algo = "grpo".
+    """
     if isinstance(budget, bool) or not isinstance(budget, int | np.integer) or budget < 0:
         raise AllocationError(f"budget must be an integer >= 0, not {budget!r}", field="budget")
     if estimates.p_hat.size == 0:
@@ -46,37 +72,101 @@ def allocate(estimates: Estimates, budget: int, params: AllocationParams) -> All
             "the batch is empty: no prompts to allocate to", field="prompts"
         )
     _validate(estimates)
-    match params.strategy:
-        case "gvm" | "uniform":
-            return _within_bounds(estimates, int(budget), params)
-        case "gvm-paper":
-            return paper_allocation(estimates, int(budget), params)
+    d, k = _drawn(drawn, drawn_accepted, estimates.p_hat.size)
+    if params.strategy == "gvm-paper":
+        if d is not None:
+            raise AllocationError(
+                "drawn: gvm-paper is the published one-shot rule and has no top-ups; "
+                "use gvm, uniform or knapsack with drawn, or leave drawn out",
+                field="drawn",
+            )
+        return paper_allocation(estimates, int(budget), params)
+    return _within_bounds(estimates, int(budget), params, d, k)
 
 
-def _within_bounds(estimates: Estimates, budget: int, params: AllocationParams) -> AllocationPlan:
-    """`gvm` and `uniform`: the bounds, the costs, then the solver or the even split."""
+def _drawn(
+    drawn: Sequence[int] | I64 | None, accepted: Sequence[int] | I64 | None, m: int
+) -> tuple[I64 | None, I64 | None]:
+    """`drawn` and `drawn_accepted` as int64 arrays, checked (AllocationError names the entry)."""
+    if drawn is None:
+        if accepted is not None:
+            raise AllocationError("drawn_accepted is given without drawn", field="drawn_accepted")
+        return None, None
+    arrays: list[I64] = []
+    for name, values in (("drawn", drawn), ("drawn_accepted", accepted)):
+        if values is None:
+            continue
+        raw = np.asarray(values)
+        if raw.shape != (m,):
+            raise AllocationError(
+                f"{name} has shape {raw.shape}, the batch has {m} prompts", field=name
+            )
+        if raw.dtype.kind not in "iu":  # floats, bools, objects: name the first non-int
+            items = raw.tolist() if isinstance(values, np.ndarray) else list(values)
+            i = next(j for j, v in enumerate(items) if type(v) is not int)
+            raise AllocationError(
+                f"{name}[{i}] = {items[i]!r} is not an integer", field=f"{name}[{i}]"
+            )
+        arr = raw.astype(np.int64)
+        if arr.min() < 0:
+            i = int(np.argmax(arr < 0))
+            raise AllocationError(f"{name}[{i}] = {arr[i]} is negative", field=f"{name}[{i}]")
+        arrays.append(arr)
+    d = arrays[0]
+    k = arrays[1] if len(arrays) > 1 else None
+    if k is not None and bool((k > d).any()):
+        i = int(np.argmax(k > d))
+        raise AllocationError(
+            f"drawn_accepted[{i}] = {k[i]} exceeds drawn[{i}] = {d[i]}",
+            field=f"drawn_accepted[{i}]",
+        )
+    return d, k
+
+
+def _within_bounds(
+    estimates: Estimates,
+    budget: int,
+    params: AllocationParams,
+    drawn: I64 | None,
+    accepted: I64 | None,
+) -> AllocationPlan:
+    """Every strategy but gvm-paper: the bounds on the totals, the costs, then the strategy's
+    exact optimiser; the answer is the totals less what was drawn."""
     m = estimates.p_hat.size
-    lower, upper, explore, N = _bounds(estimates, budget, params)
+    d = np.zeros(m, np.int64) if drawn is None else drawn
+    lower, upper, explore, N = _bounds(estimates, budget, params, d)
+    total = N + int(d.sum())
     cost = _plugin_cost(estimates, params)
-    uniform = even_split(lower, upper, N)
-    if params.strategy == "uniform":
-        samples, q = uniform, math.nan
-        weights = np.full(m, 1.0 / m)
-    else:
-        samples, q = solve(cost, lower, upper, N)
-        weights = np.sqrt(cost)
+    uniform = even_split(lower, upper, total)
+    need = total - int(lower.sum())  # units past the floors
+    # the gvm solver's threshold, for its reasons (nan: uniform; None: the greedy strategies,
+    # whose reasons are their bounds wherever a total sits at one)
+    q: float | None = None
+    weights = np.sqrt(cost)
+    match params.strategy:
+        case "uniform":
+            totals, q = uniform, math.nan
+            weights = np.full(m, 1.0 / m)
+        case "knapsack":
+            totals = lower + take_largest(
+                knapsack_gains(estimates, lower), lower, upper - lower, need
+            )
+            weights = totals / max(total, 1)
+        case _ if params.algo == "grpo" and accepted is not None:
+            totals = lower + group_topup(estimates, d, accepted, lower, upper - lower, need)
+        case _:
+            totals, q = solve(cost, lower, upper, total)
+    if params.strategy == "gvm":
         total_root = float(weights.sum())
-        if total_root > 0:
-            weights /= total_root
-        else:
-            weights[:] = 1.0 / m
+        weights = weights / total_root if total_root > 0 else np.full(m, 1.0 / m)
+    samples = totals - d
     return AllocationPlan(
         samples=samples,
         weights=weights,
-        reason_codes=_reason_codes(cost, samples, lower, upper, explore, q, N, params),
+        reason_codes=_reason_codes(cost, totals, lower, upper, explore, q, total, params),
         total=int(samples.sum()),
         budget=budget,
-        predicted_variance=objective(cost, samples),
+        predicted_variance=objective(cost, totals),
         uniform_variance=objective(cost, uniform),
     )
 
@@ -123,40 +213,54 @@ def _validate(estimates: Estimates) -> None:
 
 
 def _bounds(
-    estimates: Estimates, budget: int, params: AllocationParams
+    estimates: Estimates, budget: int, params: AllocationParams, drawn: I64
 ) -> tuple[I64, I64, NDArray[np.bool_], int]:
-    """Per-prompt bounds, the explore mask and the aligned budget; InfeasibleBudgetError if
-    the bounds cannot meet it. The explore floor shrinks (not below min_samples) when the
-    floors together would exceed the budget: exploration must never make a request fail."""
+    """Per-prompt bounds on the totals drawn + x, the explore mask and the aligned additional
+    budget N; InfeasibleBudgetError if the bounds cannot meet it. The explore floor shrinks (not
+    below min_samples) when the floors together would exceed the budget: exploration must never
+    make a request fail."""
     m = estimates.p_hat.size
     k = params.align_to
     N = budget // k * k
     low = params.lower_bound
     cap = params.max_samples
+    already = int(drawn.sum())
+    short_of_floor = int(np.maximum(low - drawn, 0).sum())
     aligned = f"budget {budget}" + (
         f" (aligned down to {N} for align_to={k})" if budget != N else ""
     )
-    if low * m > N:
+    if short_of_floor > N:
+        floors = f"{m} prompts x min_samples {low} = {low * m}"
+        if already:
+            floors += f", less the {already} already drawn, needs {short_of_floor}"
         raise InfeasibleBudgetError(
-            f"{aligned} is below the floor: {m} prompts x min_samples {low} = {low * m}"
+            f"{aligned} is below the floor: {floors}"
             + (" (GRPO needs 2 per prompt)" if low > params.min_samples else ""),
             field="budget",
         )
-    if cap is not None and cap * m < N:
-        raise InfeasibleBudgetError(
-            f"{aligned} is above the cap: {m} prompts x max_samples {cap} = {cap * m}",
-            field="budget",
-        )
-    upper = np.full(m, N if cap is None else cap, np.int64)
+    if cap is not None and (room_under_cap := int(np.maximum(cap - drawn, 0).sum())) < N:
+        caps = f"{m} prompts x max_samples {cap} = {cap * m}"
+        if already:
+            caps += f", less the {already} already drawn, leaves {room_under_cap}"
+        raise InfeasibleBudgetError(f"{aligned} is above the cap: {caps}", field="budget")
+    upper = drawn + N if cap is None else np.maximum(cap, drawn)
     explore = estimates.explore_mask()
-    n_explore = int(np.count_nonzero(explore))
-    floor = min(params.explore_samples, N if cap is None else cap)
-    if n_explore and floor > low:
-        room = (N - low * (m - n_explore)) // n_explore
-        lower = np.where(explore, max(low, min(floor, room)), low)
-    else:
-        lower = np.full(m, low, np.int64)
-    return lower, upper, explore, N
+    floor = min(params.explore_samples, N + int(drawn.max()) if cap is None else cap)
+    lower = np.full(m, low, np.int64)
+    if explore.any() and floor > low:
+
+        def short(f: int) -> int:  # additional samples the floors need with explore floor f
+            return int(np.maximum(np.where(explore, f, low) - drawn, 0).sum())
+
+        hi = floor
+        if short(hi) > N:  # the largest f in [low, floor) that fits: short(f) is monotone
+            lo = low
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                lo, hi = (mid, hi) if short(mid) <= N else (lo, mid)
+            hi = lo
+        lower = np.where(explore, hi, low)
+    return np.maximum(lower, drawn), upper, explore, N
 
 
 def _reason_codes(
@@ -165,14 +269,15 @@ def _reason_codes(
     lower: I64,
     upper: I64,
     explore: NDArray[np.bool_],
-    q: float,
+    q: float | None,
     total: int,
     params: AllocationParams,
 ) -> NDArray[np.int8]:
     """gvm unless a bound binds: the rule wanted fewer than l_i (floor, or explore when l_i is
     the explore floor) or more than u_i (cap). What gvm wants is K_i = #units with marginal gain
     >= 1/q (q from solver.solve, on costs scaled like there); what uniform wants is the even
-    share."""
+    share; for knapsack and GRPO top-ups (q None) a total at a bound is held there. With
+    `drawn`, everything is on totals: a prompt held at what it already drew reads `floor`."""
     m = samples.size
     codes = np.full(m, CODE[Reason.gvm], np.int8)
     checks = [(samples == lower, Reason.floor)]
@@ -183,7 +288,9 @@ def _reason_codes(
         idx = np.flatnonzero(at_bound)
         if idx.size == 0:
             continue
-        if math.isnan(q):  # uniform
+        if q is None:  # the bound binds wherever the total sits at it
+            wanted = np.where(reason == Reason.floor, -1.0, math.inf) * np.ones(idx.size)
+        elif math.isnan(q):  # uniform
             wanted = np.full(idx.size, total / m)
         else:
             c = cost[idx] * scale

@@ -115,6 +115,10 @@ class Estimates:
     cost_key: tuple[float, float, str] | None = None
     prior_mean: float = math.nan  # the Beta prior's mean and strength (nan: no prior)
     prior_strength: float = math.nan
+    # Each prompt's Beta posterior on p, Beta(a, b) (None: no posterior; p_hat is plugged in).
+    # `knapsack` and the GRPO top-up take expectations over it.
+    posterior_a: F64 | None = None
+    posterior_b: F64 | None = None
 
     @classmethod
     def from_rates(
@@ -201,6 +205,8 @@ def estimate(
         cost_key=(params.alpha, params.beta, params.algo),
         prior_mean=mu,
         prior_strength=kappa,
+        posterior_a=a,
+        posterior_b=b,
     )
 
 

@@ -29,30 +29,56 @@ from budget_service.engine.solver import split_evenly
 __all__ = ["paper_allocation", "paper_weights", "sequential_sum"]
 
 
+_CHUNK = 1 << 14  # values per step of every loop here: a stage's arrays stay in cache
+
+
 def paper_allocation(estimates: Estimates, budget: int, params: AllocationParams) -> AllocationPlan:
-    """The published rule's plan for validated estimates (see the module docstring)."""
-    p, N = estimates.p_hat + 0.0, budget  # -0.0 -> 0.0: the published `p == 0` holds for it
+    """The published rule's plan for validated estimates (see the module docstring).
+
+    Each stage runs over _CHUNK prompts at a time, all its steps while they are in cache: at
+    10^6 prompts that is ~1.5x faster than whole-array steps, each a pass over 8 MB."""
+    p, g, N = estimates.p_hat, estimates.g_hat, budget
+    threshold, insufficient = params.filter_threshold, params.filter_insufficient
     m = p.size
-    w = paper_weights(p, estimates.g_hat, params.alpha, params.beta)
-    total = sequential_sum(w)
-    ratios = w / total if total != 0 else np.zeros(m)  # total 0: every w is 0
-    if params.filter_threshold:
-        ratios[p > params.filter_threshold] = 0.0
-    if params.filter_insufficient:
-        ratios[~(p * ratios * N >= params.filter_insufficient)] = 0.0
-    total = sequential_sum(ratios)
+    chunks = [slice(start, start + _CHUNK) for start in range(0, m, _CHUNK)]
+    weights, ratios = np.empty(m), np.empty(m)
+    total = 0.0
+    for c in chunks:  # -0.0 -> 0.0: the published `p == 0` holds for it
+        weights[c] = paper_weights(p[c] + 0.0, g[c], params.alpha, params.beta)
+        total = sequential_sum(weights[c], total)
+    total_w, total = total or 1.0, 0.0  # total 0: every w is 0, and so is every ratio
+    for c in chunks:
+        r = np.divide(weights[c], total_w, out=ratios[c])
+        if threshold:
+            r[p[c] > threshold] = 0.0
+        if insufficient:
+            r[~(p[c] * r * N >= insufficient)] = 0.0
+        total = sequential_sum(r, total)
+    predicted = 0.0  # J(n) = sum_i c_i / n_i, with c_i = w_i^2 (the regularised cost)
     if total == 0:  # no weight left
         samples = split_evenly(m, N)
         ratios = np.full(m, 1.0 / m)
         codes = np.full(m, CODE[Reason.gvm], np.int8)
     else:
-        ratios /= total
-        scaled = ratios * N
-        rounded = np.rint(scaled)
-        samples = rounded.astype(np.int64)
+        samples, residuals = np.empty(m, np.int64), np.empty(m)
+        for c in chunks:
+            r = ratios[c]
+            r /= total
+            scaled = r * N
+            rounded = np.rint(scaled)
+            samples[c] = rounded
+            np.subtract(scaled, rounded, out=residuals[c])
+            terms = np.divide(
+                np.square(weights[c]), np.maximum(rounded, 1.0, out=scaled), out=scaled
+            )
+            predicted += float(np.vecdot(terms, np.minimum(rounded, 1.0, out=rounded)))  # n = 0: 0
         error = N - int(samples.sum())
-        if error:
-            samples[_fix_up(scaled - rounded, abs(error), error > 0)] += 1 if error > 0 else -1
+        if error:  # +-1 for a few prompts: their terms of J change with them
+            moved = _fix_up(residuals, abs(error), error > 0)
+            cost = np.square(weights[moved])
+            predicted -= objective(cost, samples[moved])
+            samples[moved] += 1 if error > 0 else -1
+            predicted += objective(cost, samples[moved])
         codes = (ratios == 0).astype(np.int8) * np.int8(CODE[Reason.filtered])  # else gvm: 0
     padding = -N % params.align_to  # the trainer's, after the fix-up
     if padding:
@@ -60,37 +86,42 @@ def paper_allocation(estimates: Estimates, budget: int, params: AllocationParams
         first = _largest(samples, rest)  # the order before any padding
         samples += rounds
         samples[first] += 1
-    cost = np.square(w)  # w_i^2 = c_i, the regularised cost
-    v, extra = divmod(N, m)  # the even split: v + 1 for the first `extra` prompts, v after
-    uniform = float(cost[:extra].sum()) / (v + 1) + (float(cost[extra:].sum()) / v if v else 0.0)
+    if padding or total == 0:  # J of the final counts, anew
+        predicted = sum(objective(np.square(weights[c]), samples[c]) for c in chunks)
+    # the even split gives v + 1 samples to the first `extra` prompts, v to the others
+    v, extra = divmod(N, m)
+    more, fewer = weights[:extra], weights[extra:]
+    uniform = float(np.vecdot(more, more)) / (v + 1) + (
+        float(np.vecdot(fewer, fewer)) / v if v else 0.0
+    )
     return AllocationPlan(
         samples=samples,
         weights=ratios,
         reason_codes=codes,
         total=N + padding,
         budget=budget,
-        predicted_variance=objective(cost, samples),
+        predicted_variance=predicted,
         uniform_variance=uniform,
     )
 
 
-_BLOCK = 1 << 14  # values per step of sequential_sum: stays in cache
+_BLOCK = 1 << 14  # values per step of sequential_sum
 _TINY = 2.0**-960  # below this, 1 / (the running sum's spacing) overflows
 
 
-def sequential_sum(values: F64) -> float:
-    """values[0] + values[1] + ..., one rounding per addition, left to right (the published
-    `sum`, not numpy's pairwise one), bit for bit, for values >= 0 or NaN.
+def sequential_sum(values: F64, start: float = 0.0) -> float:
+    """start + values[0] + values[1] + ..., one rounding per addition, left to right (the
+    published `sum`, not numpy's pairwise one), bit for bit, for values >= 0 or NaN.
 
-    A chain of 10^6 dependent additions (np.cumsum) takes ~3 ms; most blocks go in one step:
+    A chain of 10^6 dependent additions (np.cumsum) takes ~3 ms; most chunks go in one step:
     while the running sum s stays in its binade [2^(e-1), 2^e), every float there is a multiple
     of u = 2^(e-53), so fl(s + x) = s + rint(x / u) u for x >= 0 - unless x / u is halfway
-    between integers (then the result's parity decides). A block without halfway values whose
-    rounded total keeps s below 2^e therefore adds exactly; any other block takes the chain.
+    between integers (then the result's parity decides). A chunk without halfway values whose
+    rounded total keeps s below 2^e therefore adds exactly; any other chunk takes the chain.
     """
-    s = 0.0
-    for start in range(0, values.size, _BLOCK):
-        x = values[start : start + _BLOCK]
+    s = start
+    for i in range(0, values.size, _BLOCK):
+        x = values[i : i + _BLOCK]
         if _TINY <= s < math.inf:
             scale = math.ldexp(1.0, 53 - math.frexp(s)[1])  # 1 / u, exact
             base = s * scale  # an integer in [2^52, 2^53)

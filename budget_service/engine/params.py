@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 # A new strategy: its name here, and a branch in allocate.allocate.
-Strategy = Literal["gvm", "gvm-paper", "uniform"]
+Strategy = Literal["gvm", "gvm-paper", "uniform", "knapsack"]
 Algo = Literal["raft", "grpo"]
 
 F64 = NDArray[np.float64]
@@ -143,8 +143,12 @@ class AllocationParams:
 
     @property
     def lower_bound(self) -> int:
-        """Per-prompt floor: min_samples, and at least 2 under GRPO (a group needs a baseline)."""
-        return max(self.min_samples, 2) if self.algo == "grpo" else self.min_samples
+        """Per-prompt floor: min_samples, and at least 2 under GRPO (a group needs a baseline);
+        at least 1 for knapsack (its value v(n) is concave from n = 1 on, not from 0: see
+        knapsack.py)."""
+        if self.algo == "grpo":
+            return max(self.min_samples, 2)
+        return max(self.min_samples, 1) if self.strategy == "knapsack" else self.min_samples
 
 
 def _check_real(name: str, value: float, *, low: float) -> None:

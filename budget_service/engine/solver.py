@@ -16,6 +16,7 @@ __all__ = [
     "continuous_allocation",
     "cost_scale",
     "even_split",
+    "kth_largest",
     "solve",
     "solve_integer",
     "split_evenly",
@@ -219,7 +220,7 @@ def _threshold(c: F64, lo: F64 | float, hi: F64 | float, total: int) -> tuple[I6
         k = k_low[owner] + 1.0 + (np.arange(owner.size) - first)
     gain = c_band[owner] / (k * (k - 1.0))  # k >= 2: first units are always in `sure`
     if need < gain.size:
-        cut = _kth_largest(gain, need)
+        cut = kth_largest(gain, need)
         above = np.flatnonzero(gain > cut)
         tied = np.flatnonzero(gain == cut)  # distinct owners (gains fall with k), ascending
         if k[tied].min() != k[tied].max():
@@ -236,7 +237,7 @@ def _threshold(c: F64, lo: F64 | float, hi: F64 | float, total: int) -> tuple[I6
     return sure, 1.0 / last_gain if last_gain > 0 else math.inf
 
 
-def _kth_largest(values: F64, k: int) -> float:
+def kth_largest(values: F64, k: int) -> float:
     """The k-th largest of values (1 <= k <= size), as np.partition finds it - without its
     slowdown (20x) when most values are equal, as where a prompt group shares one cost: a
     value frequent in a sample is split off first and the search goes on in one side."""
@@ -246,9 +247,9 @@ def _kth_largest(values: F64, k: int) -> float:
             v = float(common[int(np.argmax(freq))])
             greater = values[values > v]
             if k <= greater.size:
-                return _kth_largest(greater, k)
+                return kth_largest(greater, k)
             k -= greater.size + int(np.count_nonzero(values == v))
-            return v if k <= 0 else _kth_largest(values[values < v], k)
+            return v if k <= 0 else kth_largest(values[values < v], k)
     return float(np.partition(values, values.size - k)[values.size - k])
 
 

@@ -32,7 +32,7 @@ _THREAD_THRESHOLD = 8192
 def _plan(run_id: str, request: AllocationRequest, snapshot: Snapshot) -> dict[str, Any]:
     step = request.step if request.step is not None else max(snapshot.totals.last_step, 0)
     params, estimates = run_estimates(snapshot.config_json, snapshot.stats, snapshot.totals, step)
-    plan = allocate(estimates, request.budget, params)
+    plan = allocate(estimates, request.budget, params, request.drawn, request.drawn_accepted)
     for name, values in (
         ("p_hat", estimates.p_hat),
         ("g_hat", estimates.g_hat),

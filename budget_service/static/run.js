@@ -39,7 +39,9 @@ async function latestAllocation() {
 
 // -- drawing -----------------------------------------------------------------------------------
 
-const W = 720, H = 220, M = { top: 10, right: 12, bottom: 28, left: 48 };
+const H = 200, M = { top: 10, right: 12, bottom: 34, left: 44 };
+// Drawn at the container's pixel width, so text keeps one size in wide and narrow charts.
+const widthOf = (container) => Math.max(320, container.clientWidth);
 
 function el(tag, attrs, parent) {
   const node = document.createElementNS(SVG_NS, tag);
@@ -58,10 +60,11 @@ function tip(node, value) {
   el("title", {}, node).textContent = value;
 }
 
-const fmt = (v) => (Number.isInteger(v) ? String(v) : Math.abs(v) >= 100 ? v.toFixed(0) : v.toPrecision(3));
+const fmt = (v) => (Math.abs(v) >= 100 ? v.toFixed(0) : String(Number(v.toPrecision(3))));
 
 // A chart frame with a y axis from 0 (or yMin) to yMax; returns the svg and the scales.
 function frame(container, yMin, yMax, xLabel) {
+  const W = widthOf(container);
   const svg = el("svg", { viewBox: `0 0 ${W} ${H}`, role: "img" });
   container.replaceChildren(svg);
   const y = (v) => M.top + (H - M.top - M.bottom) * (1 - (v - yMin) / (yMax - yMin || 1));
@@ -74,6 +77,7 @@ function frame(container, yMin, yMax, xLabel) {
 }
 
 function empty(container, message) {
+  const W = widthOf(container);
   const svg = el("svg", { viewBox: `0 0 ${W} 60` });
   text(svg, W / 2, 34, message).setAttribute("class", "empty");
   container.replaceChildren(svg);
@@ -110,11 +114,13 @@ function histogram(container, values, lo, hi, name) {
   });
 }
 
-function lineChart(container, points, value, name) {
+// One point per allocation; the y axis starts at 0, or (zoom) hugs the values.
+function lineChart(container, points, value, name, zoom) {
   const kept = points.filter((p) => value(p) !== null);
   if (!kept.length) return empty(container, "no allocation yet");
-  const values = kept.map(value);
-  const lo = Math.min(0, ...values), hi = Math.max(...values, lo + 1e-12);
+  const values = kept.map(value), min = Math.min(...values), max = Math.max(...values);
+  const pad = (max - min) * 0.1 || Math.abs(max) * 0.05 || 1;
+  const lo = zoom ? min - pad : Math.min(0, min), hi = zoom ? max + pad : Math.max(max, lo + 1);
   const { svg, y, x0, width } = frame(container, lo, hi, "allocation (step)");
   const x = (i) => x0 + (kept.length === 1 ? width / 2 : (width * i) / (kept.length - 1));
   el("polyline", { points: kept.map((p, i) => `${x(i)},${y(value(p))}`).join(" ") }, svg);
@@ -195,20 +201,20 @@ async function refresh() {
   try {
     const [run, history] = await Promise.all([get(""), get("/allocations/history")]);
     const key = JSON.stringify([history.points.length, history.points.at(-1)]);
+    $("content").hidden = false; // before drawing: the charts take their container's width
+    $("token-form").hidden = true;
+    $("error").hidden = true;
     if (key !== shown) {
       const allocation = await latestAllocation();
       renderAllocation(allocation);
       lineChart($("ratio"), history.points,
                 (p) => (p.uniform_variance > 0 ? p.predicted_variance / p.uniform_variance : null),
-                "predicted / uniform");
-      lineChart($("totals"), history.points, (p) => p.total, "samples");
+                "predicted / uniform", true);
+      lineChart($("totals"), history.points, (p) => p.total, "samples", false);
       renderFacts(run, allocation, history);
       shown = key;
     }
     renderConfig(run.config);
-    $("content").hidden = false;
-    $("token-form").hidden = true;
-    $("error").hidden = true;
     $("status").textContent = `updated ${new Date().toLocaleTimeString()} · refreshes every ${POLL_MS / 1000} s`;
   } catch (err) {
     if (err.status === 401 || err.status === 403) {

@@ -33,7 +33,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 
 /**
  * @typedef {object} RunConfig How the service allocates for a run; omitted fields take defaults.
- * @property {"gvm" | "gvm-paper" | "uniform"} [strategy]
+ * @property {"gvm" | "gvm-paper" | "uniform" | "knapsack"} [strategy]
  * @property {"raft" | "grpo"} [algo]
  * @property {number} [alpha]
  * @property {number} [beta]
@@ -212,11 +212,19 @@ export class BudgetClient {
    * @param {string} runId
    * @param {string[]} promptIds distinct ids
    * @param {number} budget samples to spread
-   * @param {{step?: number}} [options] the current step (default: the last reported one)
+   * @param {{step?: number, drawn?: number[], drawnAccepted?: number[]}} [options] the current
+   *   step (default: the last reported one); for a top-up, the samples each prompt already drew
+   *   this step (and how many were accepted): the answer's samples are then the additional ones
    * @returns {Promise<Allocation>}
    */
-  allocate(runId, promptIds, budget, { step } = {}) {
-    const body = { prompt_ids: promptIds, budget, ...(step === undefined ? {} : { step }) };
+  allocate(runId, promptIds, budget, { step, drawn, drawnAccepted } = {}) {
+    const body = {
+      prompt_ids: promptIds,
+      budget,
+      ...(step === undefined ? {} : { step }),
+      ...(drawn === undefined ? {} : { drawn }),
+      ...(drawnAccepted === undefined ? {} : { drawn_accepted: drawnAccepted }),
+    };
     return this.#call("POST", `/v1/runs/${segment(runId)}/allocations`, body);
   }
 

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pydantic
 import pytest
-from cases import BAD_OBSERVATIONS, OK_OBSERVATION, UNIFORM_SPLITS
+from support.cases import BAD_OBSERVATIONS, OK_OBSERVATION, UNIFORM_SPLITS
 
 from trainer_client import BudgetClient, InvalidRequestError, Observation
 from trainer_client.client import uniform_split

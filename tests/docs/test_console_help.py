@@ -1,6 +1,7 @@
 """Every console script's ``--help``: plain text, every option explained, fast (no torch)."""
 
 import argparse
+import resource
 import subprocess
 import sys
 import time
@@ -29,13 +30,17 @@ COMMANDS = [["gvm-budget"], ["gvm-budget", "serve"], ["gvm-train"], ["gvm-demo"]
 
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
 def test_help_is_plain_fast_and_imports_no_torch(command: list[str]) -> None:
-    started = time.perf_counter()
+    before, started = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-c", HELP, *command, "--help"], capture_output=True, text=True, check=True
     )
     seconds = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     assert "imported: []" in done.stderr, done.stderr
-    assert seconds < 3, f"{seconds:.2f} s"  # ~0.3 s idle; generous for a loaded 2-core CI
+    # CPU time does not grow with the machine's load: ~0.4 s here (importing torch: 3-10 s)
+    assert cpu < 1, f"{cpu:.2f} CPU-s"
+    assert seconds < 5, f"{seconds:.2f} s"  # wall time: generous for a loaded 2-core CI
     assert done.stdout.startswith(f"usage: {' '.join(command)}")
     for markup in ("``", "`", "**", ":class:", "\\n"):
         assert markup not in done.stdout, markup

@@ -8,7 +8,7 @@ from pathlib import Path
 from urllib.parse import unquote
 
 import pytest
-from readme import DOCS, README, REPO, pages
+from support.readme import DOCS, README, REPO, pages
 
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 

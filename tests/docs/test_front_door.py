@@ -11,7 +11,7 @@ import json
 import re
 from typing import Any
 
-from readme import README, RESULTS, marked_block
+from support.readme import README, RESULTS, marked_block
 
 
 def results(name: str) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -109,3 +110,21 @@ def test_auc_and_holm_on_known_inputs(modules):
     np.testing.assert_allclose(stats.auc(x, np.array([[0.0, 1.0, 1.0]])), [2.5 / 3])
     assert stats.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
     assert stats.samples_to_reach(x, np.array([0.0, 0.5, 1.0]), 0.75) == pytest.approx(2.0)
+
+
+def test_docs_tables_are_the_committed_results(modules):
+    """docs/benchmarks.md "Learning simulator" shows what the results files hold."""
+    from readme import DOCS, RESULTS, section
+
+    sim = modules[0]
+    payloads = {
+        stem: json.loads((RESULTS / f"{stem}.json").read_text()) for stem, _ in sim.LEARNERS
+    }
+    text = section(DOCS / "benchmarks.md", "Learning simulator")
+    for table in sim.docs_tables(payloads):
+        assert table in text
+    main = payloads["simulator"]
+    assert main["settings"]["pool"] >= 1024
+    assert main["settings"]["held_out"] >= 256
+    run = f"{main['seconds_simulation']:.0f} s of simulation and {main['seconds_total']:.0f} s"
+    assert f"({main['seeds']:,} seeds, {len(sim.ARMS)} arms: {run} in all" in text

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,9 +13,9 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from browser import loopback_page
-from conftest import ServiceProcess
 from playwright.sync_api import Page
+from support.browser import loopback_page
+from support.services import ServiceProcess
 
 PROMPTS = 12
 BUDGET = 96
@@ -24,7 +23,7 @@ BUDGET = 96
 
 def train_step(client: httpx.Client, run_id: str, step: int, rng: np.random.Generator) -> Any:
     """One step of a simulated trainer: allocate the batch, then report what the samples gave.
-    Prompt i succeeds with probability (i + 1) / (PROMPTS + 2) and has gradient norms near 1 + i/4."""
+    Prompt i succeeds with probability (i + 1) / (PROMPTS + 2), gradient norms near 1 + i / 4."""
     prompt_ids = [f"prompt-{i:02d}" for i in range(PROMPTS)]
     request = {"prompt_ids": prompt_ids, "budget": BUDGET, "step": step}
     allocation = client.post(f"/v1/runs/{run_id}/allocations", json=request).raise_for_status()
@@ -76,7 +75,8 @@ def assert_shows(page: Page, allocations: list[Any], run: Any) -> None:
                            minlength=10)  # fmt: skip
     assert p_bins == expected.tolist()
     g_bins = [int(c) for (c,) in _attrs(page, "#g-hat rect", "data-count")]
-    assert len(g_bins) == 10 and sum(g_bins) == PROMPTS
+    assert len(g_bins) == 10
+    assert sum(g_bins) == PROMPTS
     # History: one point per allocation, predicted/uniform and total samples.
     ratio = _attrs(page, "#ratio circle", "data-step", "data-value")
     assert [int(s) for s, _ in ratio] == [a["step"] for a in allocations]
@@ -101,7 +101,9 @@ def assert_shows(page: Page, allocations: list[Any], run: Any) -> None:
             assert float(shown[key]) == value, key
 
 
-def test_run_page_draws_the_run_and_follows_it(service_url: str, run_id: str, tmp_path: Path) -> None:
+def test_run_page_draws_the_run_and_follows_it(
+    service_url: str, run_id: str, tmp_path: Path
+) -> None:
     with httpx.Client(base_url=service_url, timeout=30) as client, loopback_page() as browsing:
         allocations = train(client, run_id, steps=4)
         page = browsing.page
@@ -138,7 +140,8 @@ def test_run_page_behind_tokens_shows_nothing_without_one(
         run = client.get(f"/v1/runs/{run_id}").json()
     # The HTML shell is public and holds no data; the data endpoints are not.
     shell = httpx.get(f"{service.url}/ui/runs/{run_id}")
-    assert shell.status_code == 200 and "prompt-00" not in shell.text
+    assert shell.status_code == 200
+    assert "prompt-00" not in shell.text
     assert "script-src 'self'" in shell.headers["content-security-policy"]
     history = httpx.get(f"{service.url}/v1/runs/{run_id}/allocations/history")
     assert history.status_code == 401

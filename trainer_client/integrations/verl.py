@@ -35,16 +35,16 @@ from verl import DataProto
 from verl.experimental.dataset.sampler import AbstractCurriculumSampler
 
 from trainer_client.client import BudgetClient
-from trainer_client.integrations._batch import copies_from_counts, observations_from_rows
+from trainer_client.integrations._batch import (
+    copies_from_counts,
+    dataset_prompt_ids,
+    observations_from_rows,
+    prompt_id,
+)
 
 __all__ = ["GVMSampler", "GVMSamplerSettings", "prompt_id"]
 
 logger = logging.getLogger("trainer_client.integrations.verl")
-
-
-def prompt_id(data_source: object, index: object) -> str:
-    """The service's id of a dataset row: ``"{data_source}:{extra_info.index}"``."""
-    return f"{data_source}:{index}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +99,7 @@ class GVMSampler(AbstractCurriculumSampler):  # type: ignore[misc]  # verl is un
 
     def __init__(self, data_source: Sized, data_config: DictConfig) -> None:
         self.settings = GVMSamplerSettings.from_data_config(data_config)
-        self.prompt_ids = _prompt_ids(data_source)
+        self.prompt_ids = dataset_prompt_ids(data_source)
         if len(self.prompt_ids) < self.settings.batch_size:
             raise ValueError(
                 f"the dataset has {len(self.prompt_ids)} prompts, fewer than one batch "
@@ -202,28 +202,3 @@ class GVMSampler(AbstractCurriculumSampler):  # type: ignore[misc]  # verl is un
                 f"samples per uid are {sorted(sizes)}, not data.sampler.rollout_n = "
                 f"{self.settings.rollout_n}: set it to actor_rollout_ref.rollout.n"
             )
-
-
-def _prompt_ids(dataset: Sized) -> list[str]:
-    """The id of every row, checked unique (columns of RLHFDataset's dataframe when it has one,
-    else ``dataset[i]`` row by row)."""
-    frame = getattr(dataset, "dataframe", None)
-    if frame is not None and "extra_info" in getattr(frame, "column_names", ()):
-        count = len(frame)
-        sources = frame["data_source"] if "data_source" in frame.column_names else [""] * count
-        extras = frame["extra_info"]
-        ids = [
-            prompt_id(s, (e or {}).get("index", 0)) for s, e in zip(sources, extras, strict=True)
-        ]
-    else:
-        rows = (dataset[i] for i in range(len(dataset)))  # type: ignore[index]
-        ids = [prompt_id(row.get("data_source", ""), row.get("index", 0)) for row in rows]
-    first: dict[str, int] = {}
-    for row, pid in enumerate(ids):
-        if pid in first:
-            raise ValueError(
-                f"dataset rows {first[pid]} and {row} share the prompt id {pid!r} "
-                "(data_source and extra_info.index): give every row a unique extra_info.index"
-            )
-        first[pid] = row
-    return ids

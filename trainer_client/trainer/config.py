@@ -44,6 +44,8 @@ class TrainConfig:
     batch_size: int = 8  # prompts per step
     budget: int = 64  # samples per step, the pilot included in paper mode
     pilot_samples: int = 2  # paper mode: samples per prompt before the allocation (N')
+    pilot_filter: bool = False  # paper mode: allocate only over the prompts the pilot solved
+    pilot_as_drawn: bool = False  # paper mode: the pilot is `drawn`, the allocation a top-up
     lr: float = 1e-5  # AdamW learning rate (constant); ~1e-6 for models of 1B parameters
     weight_decay: float = 0.0  # AdamW weight decay
     clip: float = 0.2  # PPO clip range epsilon of the importance ratio
@@ -70,9 +72,11 @@ class TrainConfig:
     task: Literal["arithmetic", "math"] = "arithmetic"  # the prompt set
     data: str = ""  # math task: a JSONL file of {problem, answer}
     max_level: int = 6  # arithmetic task: difficulty levels 1..max_level (pool and held-out set)
+    level_mix: str = ""  # arithmetic task: shares of levels 1..max_level ("1:4:2:1"); "" = equal
     train_prompts: int = 256  # size of the training prompt pool
     data_seed: int = 0  # draws the pool (and the math split); the held-out set is fixed
     eval_prompts: int = 64  # size of the fixed held-out set (greedy accuracy)
+    eval_exact: bool = False  # score held-out prompts by the policy's probability of the answer
     eval_every: int = 5  # evaluate every this many steps (and at the start and the end)
     eval_train_prompts: int = 0  # also greedy accuracy on this many training prompts; 0 = off
     device: str = "auto"  # torch device; auto = cuda when available
@@ -117,6 +121,15 @@ class TrainConfig:
             problems.append("clip and lr must be > 0")
         if not 1 <= self.max_level <= 6:
             problems.append("max_level must be between 1 and 6")
+        elif self.level_mix:
+            try:
+                _ = self.level_cycle
+            except ValueError as exc:
+                problems.append(str(exc))
+        if self.pilot_filter and self.mode != "paper":
+            problems.append("pilot_filter needs paper mode (the pilot it filters on)")
+        if self.pilot_as_drawn and (self.mode != "paper" or self.allocation == "gvm-paper"):
+            problems.append("pilot_as_drawn needs paper mode, and gvm or uniform (no top-ups)")
         if not 0 < self.gpu_memory_utilization <= 1:
             problems.append("gpu_memory_utilization must be in (0, 1]")
         if self.tensor_parallel_size < 1:
@@ -137,6 +150,24 @@ class TrainConfig:
     def run_name(self) -> str:
         """``run_id``, or the default one built from the settings that tell runs apart."""
         return self.run_id or f"{self.allocation}-{self.algo}-{self.mode}-s{self.seed}"
+
+    @property
+    def level_cycle(self) -> tuple[int, ...]:
+        """The levels the arithmetic pool and held-out set cycle through: each level as many
+        times as its share in `level_mix` ("1:4:2:1" -> 1, 2, 2, 2, 2, 3, 3, 4), or each once."""
+        levels = range(1, self.max_level + 1)
+        if not self.level_mix:
+            return tuple(levels)
+        parts = self.level_mix.split(":")
+        if len(parts) != self.max_level or not all(p.strip().isdigit() for p in parts):
+            raise ValueError(
+                f"level_mix {self.level_mix!r} must be {self.max_level} whole numbers "
+                "separated by ':' (one per level 1..max_level)"
+            )
+        shares = [int(p) for p in parts]
+        if not any(shares):
+            raise ValueError("level_mix must give some level a share above 0")
+        return tuple(level for level, n in zip(levels, shares, strict=True) for _ in range(n))
 
     @property
     def output_dir(self) -> Path:

@@ -90,7 +90,7 @@ class Samples:
 def load_problems(config: TrainConfig) -> tuple[list[Problem], list[Problem]]:
     """The training pool and the fixed held-out set (the same for every seed of a config)."""
     if config.task == "arithmetic":
-        levels = range(1, config.max_level + 1)
+        levels = config.level_cycle
         train = arithmetic_problems(config.train_prompts, seed=config.data_seed, levels=levels)
         held_out = arithmetic_problems(
             config.eval_prompts, seed=EVAL_SEED, levels=levels, exclude=[p.prompt_id for p in train]
@@ -376,6 +376,33 @@ def evaluate(
     return correct / len(problems)
 
 
+def answer_probability(
+    model: Any,
+    tokenizer: Any,
+    prompt_ids: Sequence[Sequence[int]],
+    problems: Sequence[Problem],
+    *,
+    chunk: int = 64,
+) -> list[float]:
+    """Per problem, the policy's probability of answering exactly ``answer<eos>`` (the form the
+    warm-up teaches; a lower bound of the pass rate at temperature 1): one teacher-forced forward
+    pass per chunk, no sampling noise."""
+    answers = [
+        tokenizer.encode(p.answer + tokenizer.eos_token, add_special_tokens=False) for p in problems
+    ]
+    was_training = model.training
+    model.eval()
+    probabilities: list[float] = []
+    with torch.no_grad():
+        for lo in range(0, len(problems), chunk):
+            part = slice(lo, lo + chunk)
+            batch = collate(prompt_ids[part], answers[part], tokenizer.pad_token_id)
+            logprobs = sequence_logprobs(model, batch.to(model.device)).sum(dim=1)
+            probabilities += logprobs.exp().tolist()
+    model.train(was_training)
+    return probabilities
+
+
 def allocation_spread(counts: Sequence[int]) -> dict[str, float]:
     mean = sum(counts) / len(counts)
     std = (sum((n - mean) ** 2 for n in counts) / len(counts)) ** 0.5
@@ -498,6 +525,13 @@ def train(config: TrainConfig) -> dict[str, Any]:
     seen = slice(config.eval_train_prompts)  # training prompts also evaluated (often none)
     train_eval, train_eval_ids = train_set[seen], train_ids[seen]
 
+    def judge(ids: Sequence[Sequence[int]], problems: Sequence[Problem]) -> float:
+        """Greedy accuracy, or with `eval_exact` the mean probability of the right answer."""
+        if config.eval_exact:
+            probabilities = answer_probability(model, tokenizer, ids, problems)
+            return sum(probabilities) / len(probabilities)
+        return evaluate(generator, ids, problems, config)
+
     # counters that survive a resume
     first_step, generated_total, accepted_total = 0, 0, 0
     session = uuid.uuid4().hex[:12]  # report ids: <session>-<step>-<phase>, stable on resume
@@ -531,9 +565,9 @@ def train(config: TrainConfig) -> dict[str, Any]:
         initial_accuracy = accuracy = initial_train_accuracy = train_accuracy = None
         if not state:
             with autocast(config.precision, device):
-                initial_accuracy = evaluate(generator, eval_ids, held_out, config)
+                initial_accuracy = judge(eval_ids, held_out)
                 if train_eval:
-                    initial_train_accuracy = evaluate(generator, train_eval_ids, train_eval, config)
+                    initial_train_accuracy = judge(train_eval_ids, train_eval)
             print(f"held-out accuracy before training: {initial_accuracy:.3f}")
 
         bar = tqdm(
@@ -573,10 +607,26 @@ def train(config: TrainConfig) -> dict[str, Any]:
                     pilot = sum(counts)
                     budget -= pilot
 
-                # 3. how many samples each prompt gets
+                # 3. how many samples each prompt gets (pilot_filter: only the pilot's solved)
+                chosen = list(range(len(problems)))
+                if config.pilot_filter:
+                    pilot_rows = zip(samples.prompt, samples.rewards, strict=True)
+                    solved = sorted({i for i, reward in pilot_rows if reward > 0.5})
+                    chosen = solved or chosen  # none solved: the whole batch, unfiltered
+                top_up: dict[str, list[int]] = {}
+                if config.pilot_as_drawn:  # the pilot counts toward each prompt's step total
+                    drawn, solved_count = [0] * len(problems), [0] * len(problems)
+                    for i, reward in zip(samples.prompt, samples.rewards, strict=True):
+                        drawn[i] += 1
+                        solved_count[i] += reward > 0.5
+                    top_up["drawn"] = [drawn[i] for i in chosen]
+                    top_up["drawn_accepted"] = [solved_count[i] for i in chosen]
                 with timed(times, "allocate"):
-                    allocation = client.allocate(run_id, prompt_keys, budget, step)
-                counts = allocation.counts
+                    keys = [prompt_keys[i] for i in chosen]
+                    allocation = client.allocate(run_id, keys, budget, step, **top_up)
+                counts = [0] * len(problems)
+                for i, n in zip(chosen, allocation.counts, strict=True):
+                    counts[i] = n
 
                 # 4-5. generate n_i samples per prompt and score them
                 main = sample_and_score(
@@ -608,9 +658,9 @@ def train(config: TrainConfig) -> dict[str, Any]:
                 accuracy = train_accuracy = None
                 if (step + 1) % config.eval_every == 0 or last:
                     with timed(times, "eval"):
-                        accuracy = evaluate(generator, eval_ids, held_out, config)
+                        accuracy = judge(eval_ids, held_out)
                         if train_eval:
-                            train_accuracy = evaluate(generator, train_eval_ids, train_eval, config)
+                            train_accuracy = judge(train_eval_ids, train_eval)
                 times["step"] = time.perf_counter() - started
                 record = {
                     "step": step,

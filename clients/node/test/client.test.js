@@ -140,6 +140,19 @@ test("ids are path segments, the token is a bearer header, a 204 is undefined", 
   assert.equal(server.requests[1].method, "DELETE");
 });
 
+test("a top-up sends drawn and drawn_accepted; a plain allocation sends neither", async (t) => {
+  const server = await scripted([{ status: 200, body: {} }]);
+  t.after(server.close);
+  const client = new BudgetClient(server.url, fast);
+  await client.allocate("r", ["a", "b"], 6, { step: 2, drawn: [4, 0], drawnAccepted: [1, 0] });
+  await client.allocate("r", ["a", "b"], 6);
+  const [topUp, plain] = server.requests.map((r) => JSON.parse(r.body));
+  assert.deepEqual(topUp, {
+    prompt_ids: ["a", "b"], budget: 6, step: 2, drawn: [4, 0], drawn_accepted: [1, 0],
+  });
+  assert.deepEqual(plain, { prompt_ids: ["a", "b"], budget: 6 });
+});
+
 test("an error page that is not JSON still gives a readable error", async (t) => {
   const server = await scripted([{ status: 404, headers: { "content-type": "text/html" } }]);
   t.after(server.close);

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from readme import README
+from support.readme import README
 
 from trainer_client import BudgetClient
 from trainer_client.trainer.warmup import warm_up

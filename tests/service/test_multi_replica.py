@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
-from conftest import ServiceProcess
+from support.services import ServiceProcess
 
 PROMPTS = [f"q{i}" for i in range(24)]
 TRAINERS = 4

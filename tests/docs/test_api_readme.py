@@ -8,7 +8,7 @@ import json
 import re
 from typing import Any
 
-from readme import DOCS, RESULTS, marked_block, run_shell, section
+from support.readme import DOCS, RESULTS, marked_block, run_shell, section
 
 from budget_service.settings import Settings
 

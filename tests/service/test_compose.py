@@ -27,18 +27,19 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 from pydantic import AliasChoices
-from readme import DOCS, section
+from support.readme import DOCS, section
 
 from budget_service.settings import Settings
 from trainer_client.trainer.config import TrainConfig, build_parser, parse_args
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
 DOCKERFILE = REPO / "Dockerfile"
 CHECK_DOCKER = REPO / ".ci" / "check-docker"
 
 SERVICE = "budget-service"
 TRAINERS = {"trainer": "gpu", "trainer-cpu": "cpu"}  # service -> its profile
+MONITORING = ("prometheus", "grafana")  # the `monitoring` profile
 
 # ${NAME}, ${NAME:-default}, ${NAME-default}, and $$ (a literal $): the forms this file may use.
 _VARIABLE = re.compile(
@@ -388,6 +389,25 @@ def test_gpu_trainer_mounts_datasets_read_only() -> None:
     assert data.endswith(":ro")
 
 
+# -- monitoring ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", MONITORING)
+def test_monitoring_is_its_own_profile_on_loopback_with_the_repository_configs(name: str) -> None:
+    """Opt-in, pinned, reachable from this host only, and fed from configs/ (read-only)."""
+    service = resolved_service(name)
+    assert service["profiles"] == ["monitoring"]
+    assert re.fullmatch(r"[\w./-]+:v?\d+\.\d+\.\d+", service["image"]), service["image"]
+    assert all(port.startswith("127.0.0.1:") for port in service["ports"])
+    binds = [v for v in service["volumes"] if v.startswith("./")]
+    assert binds
+    for volume in binds:
+        source, _, mode = volume.split(":")
+        assert mode == "ro", volume
+        assert source.startswith("./configs/"), volume
+        assert (REPO / source).exists(), f"{name} mounts {source}, which does not exist"
+
+
 # -- the files as a whole --------------------------------------------------------------------------
 
 
@@ -441,7 +461,7 @@ def test_compose_binary_resolves_the_same_commands() -> None:
         capture_output=True, text=True, env=env, check=True, timeout=60,
     ).stdout  # fmt: skip
     services = json.loads(out)["services"]
-    assert set(services) == {"redis", SERVICE, *TRAINERS}
+    assert set(services) == {"redis", SERVICE, *TRAINERS, *MONITORING}
     for name in services:
         mine = resolved_service(name)
         assert services[name].get("command") in (None, command_args(mine)), name
@@ -459,7 +479,7 @@ def _check_docker(*args: Path) -> subprocess.CompletedProcess[str]:
 def test_check_docker_passes_on_the_repository_files() -> None:
     result = _check_docker()
     assert result.returncode == 0, result.stdout + result.stderr
-    for profile in ("(default)", "cpu", "gpu", "*"):
+    for profile in ("(default)", "cpu", "gpu", "monitoring", "*"):
         assert f"compose config ok, profile {profile}:" in result.stdout
     assert "hadolint ok" in result.stdout
 

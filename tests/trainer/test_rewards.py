@@ -14,7 +14,7 @@ from trainer_client.trainer import rewards
 from trainer_client.trainer.rewards import arithmetic_reward, extract_integer, math_reward, score
 from trainer_client.trainer.tasks import arithmetic_problem, load_math
 
-FIXTURE = Path(__file__).parent / "fixtures" / "math500_subset.jsonl"
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "math500_subset.jsonl"
 ROWS = [json.loads(line) for line in FIXTURE.read_text().splitlines()]
 
 

@@ -11,7 +11,8 @@ import re
 import subprocess
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from support import REPO
+
 README = REPO / "README.md"
 DOCS = REPO / "docs"
 RESULTS = REPO / "benchmarks" / "results"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from browser import loopback_page
+from support.browser import loopback_page
 
 
 def test_docs_render_offline_and_show_the_allocation_operation(

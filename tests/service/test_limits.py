@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import ServiceProcess
+from support.services import ServiceProcess
 
 from budget_service import cli
 from budget_service.settings import Settings
