@@ -16,10 +16,14 @@ from collections.abc import Callable
 import numpy as np
 from numpy.typing import NDArray
 
-from budget_service.engine.params import F64, I64
+from budget_service.engine.params import F64, I64, AllocationError
 from budget_service.engine.solver import kth_largest
 
 __all__ = ["GainBlock", "take_largest"]
+
+# Gains held at once, at most (8 bytes each, three arrays): a budget far past any batch's needs
+# (the API takes up to 1e12) must be a 422, not a memory blow-up.
+MAX_UNITS = 1 << 25
 
 # gains(rows, start, width) -> gains[r, j] of unit `start + j` (0-based past the prompt's floor)
 # of prompt rows[r]; entries past a prompt's room are ignored.
@@ -40,6 +44,12 @@ def take_largest(gains: GainBlock, floor: I64, room: I64, need: int) -> I64:
     rows = np.flatnonzero(room > 0)
     width = max(4, 2 * math.ceil(need / max(rows.size, 1)) + 2)
     while rows.size:
+        if int(explored.sum()) + rows.size * width > MAX_UNITS:
+            raise AllocationError(
+                f"budget: {need} samples past the floors is more than this strategy can weigh "
+                f"unit by unit (at most {MAX_UNITS} gains); set max_samples or use gvm",
+                field="budget",
+            )
         start = explored[rows]
         block = gains(rows, start, width)
         j = np.arange(width)

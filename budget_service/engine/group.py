@@ -37,9 +37,12 @@ from numpy.typing import NDArray
 from budget_service.engine.estimates import Estimates
 from budget_service.engine.greedy import take_largest
 from budget_service.engine.knapsack import log_gamma
-from budget_service.engine.params import F64, I64
+from budget_service.engine.params import F64, I64, AllocationError
 
 __all__ = ["SIGNAL_SHARE", "envelope_gap", "group_mse", "group_topup"]
+
+# The table of f is O(width^2) per distinct prompt state: wider windows are refused.
+_MAX_WIDTH = 1024
 
 # |delta| / G: the share of a sample's score norm that is signal (the benchmark's DELTA_SHARE).
 SIGNAL_SHARE = 0.5
@@ -53,6 +56,12 @@ def group_topup(
     m = drawn.size
     width = max(16, 2 * math.ceil(need / m) + 2)
     while True:
+        if width > _MAX_WIDTH:
+            raise AllocationError(
+                f"budget: a GRPO top-up weighs at most {_MAX_WIDTH} more samples per prompt; "
+                "set max_samples or leave drawn_accepted out",
+                field="budget",
+            )
         window = np.minimum(room, width)
         gains = _envelope_gains(estimates, drawn, accepted, floor, width)
         taken = take_largest(partial(_columns, gains), floor, window, need)
@@ -156,7 +165,7 @@ def _table(a: F64, b: F64, drawn: I64, accepted: I64, x0: I64, width: int) -> F6
     return out
 
 
-def _log_rising(base: F64, count: I64) -> F64:
+def _log_rising(base: F64, count: F64) -> F64:
     """log of base (base + 1) ... (base + count - 1), per entry."""
     out: F64 = log_gamma(base + count) - log_gamma(base)
     return out

@@ -35,8 +35,9 @@ _CHUNK = 1 << 14  # values per step of every loop here: a stage's arrays stay in
 def paper_allocation(estimates: Estimates, budget: int, params: AllocationParams) -> AllocationPlan:
     """The published rule's plan for validated estimates (see the module docstring).
 
-    Each stage runs over _CHUNK prompts at a time, all its steps while they are in cache: at
-    10^6 prompts that is ~1.5x faster than whole-array steps, each a pass over 8 MB."""
+    Each stage runs over _CHUNK prompts at a time, all its steps while they are in cache, and
+    J(n) is summed while the rounded counts are (then corrected for the few the fix-up moves):
+    at 10^6 prompts ~1.2x faster than whole-array steps, each a pass over 8 MB."""
     p, g, N = estimates.p_hat, estimates.g_hat, budget
     threshold, insufficient = params.filter_threshold, params.filter_insufficient
     m = p.size
@@ -71,7 +72,8 @@ def paper_allocation(estimates: Estimates, budget: int, params: AllocationParams
             terms = np.divide(
                 np.square(weights[c]), np.maximum(rounded, 1.0, out=scaled), out=scaled
             )
-            predicted += float(np.vecdot(terms, np.minimum(rounded, 1.0, out=rounded)))  # n = 0: 0
+            terms *= np.minimum(rounded, 1.0, out=rounded)  # n_i = 0: no term
+            predicted += float(terms.sum())  # numpy's sum, not BLAS: no threads to wake
         error = N - int(samples.sum())
         if error:  # +-1 for a few prompts: their terms of J change with them
             moved = _fix_up(residuals, abs(error), error > 0)
@@ -90,10 +92,8 @@ def paper_allocation(estimates: Estimates, budget: int, params: AllocationParams
         predicted = sum(objective(np.square(weights[c]), samples[c]) for c in chunks)
     # the even split gives v + 1 samples to the first `extra` prompts, v to the others
     v, extra = divmod(N, m)
-    more, fewer = weights[:extra], weights[extra:]
-    uniform = float(np.vecdot(more, more)) / (v + 1) + (
-        float(np.vecdot(fewer, fewer)) / v if v else 0.0
-    )
+    more, fewer = np.square(weights[:extra]).sum(), np.square(weights[extra:]).sum()
+    uniform = float(more) / (v + 1) + (float(fewer) / v if v else 0.0)
     return AllocationPlan(
         samples=samples,
         weights=ratios,

@@ -252,3 +252,16 @@ def test_grpo_top_ups_are_exact_on_the_envelope_and_within_its_gap(
     got = group_mse(est, drawn, accepted, totals)
     gap = envelope_gap(est, drawn, accepted, lower, totals, int(totals.max() - lower.min()) + 1)
     assert best - 1e-12 <= got <= best + gap + 1e-12
+
+
+@pytest.mark.parametrize(
+    ("params", "accepted"),
+    [(AllocationParams(strategy="knapsack"), None), (AllocationParams(algo="grpo"), [1, 1])],
+)
+def test_a_budget_too_large_to_weigh_unit_by_unit_is_refused(
+    params: AllocationParams, accepted: list[int] | None
+) -> None:
+    est = _instance(11, 2, params)
+    with pytest.raises(AllocationError) as error:
+        allocate(est, 10**9, params, [2, 2], accepted)
+    assert error.value.field == "budget"
