@@ -114,7 +114,7 @@ def test_auc_and_holm_on_known_inputs(modules):
 
 def test_docs_tables_are_the_committed_results(modules):
     """docs/benchmarks.md "Learning simulator" shows what the results files hold."""
-    from readme import DOCS, RESULTS, section
+    from support.readme import DOCS, RESULTS, section
 
     sim = modules[0]
     payloads = {

@@ -179,7 +179,7 @@ def test_the_regime_benchmark_runs_and_summarises(tmp_path: Path, regime: Module
 
 
 def test_docs_table_is_the_committed_result(regime: ModuleType) -> None:
-    from readme import DOCS, RESULTS, section
+    from support.readme import DOCS, RESULTS, section
 
     payload = json.loads((RESULTS / "learning_regime.json").read_text())
     text = section(DOCS / "benchmarks.md", "Learning per generated sample (the regime)")

@@ -10,12 +10,12 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import httpx
 import pytest
+from support import REPO
 
-NODE_CLIENT = Path(__file__).resolve().parents[1] / "clients" / "node"
+NODE_CLIENT = REPO / "clients" / "node"
 
 
 @pytest.fixture(scope="module")
