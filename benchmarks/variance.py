@@ -193,21 +193,25 @@ def with_g_spread(batch: Batch) -> I64:
     ).samples
 
 
-def pilot_information_bound(batch: Batch, c: F64) -> F64:
+def pilot_information_bound(
+    blind: NDArray[np.bool_], c: F64, budget: int = BUDGET, floor: float = 1.0
+) -> F64:
     """A floor for ANY allocator that sees only the pilot: the continuous optimum of J with the
     true cost of every prompt that had an accepted pilot sample, and for the prompts with 0/N'
-    (the same data for all of them, no norm reported) one shared count, sized with their true
-    total cost. Expected J is lowest with equal counts for exchangeable prompts (J is convex),
-    and knowing the rest exactly only helps, so no pilot-only allocation beats this on average.
+    (`blind`: the same data for all of them, no norm reported) one shared count, sized with
+    their true total cost. Expected J is lowest with equal counts for exchangeable prompts (J is
+    convex), and knowing the rest exactly only helps, so no pilot-only allocation beats this on
+    average. `budget` and `floor`: the step's total and each prompt's least count (the pilot,
+    when it is counted).
     """
-    blind = batch.stats.accepted == 0
     m0 = int(blind.sum())
+    top = float(budget)
     if m0 == 0:
-        return continuous_allocation(c, float(BUDGET), np.ones(M), np.full(M, float(BUDGET)))
+        return continuous_allocation(c, top, np.full(M, floor), np.full(M, top))
     # the 0/N' prompts as one block: n0 each, J = sum c / n0 = (m0 sum c) / (m0 n0)
     cost = np.append(c[~blind], m0 * c[blind].sum())
-    lower = np.append(np.ones(M - m0), float(m0))
-    x = continuous_allocation(cost, float(BUDGET), lower, np.full(cost.size, float(BUDGET)))
+    lower = np.append(np.full(M - m0, floor), m0 * floor)
+    x = continuous_allocation(cost, top, lower, np.full(cost.size, top))
     n = np.empty(M)
     n[~blind] = x[:-1]
     n[blind] = x[-1] / m0
@@ -276,7 +280,7 @@ def raft_study(mix_name: str, trials: int, seed: int) -> dict[str, Any]:
         mc_uniform = (
             raft_variance_monte_carlo(rng, allocations["uniform"], batch.p, c) if mc else 0.0
         )
-        bound = pilot_information_bound(batch, c)
+        bound = pilot_information_bound(batch.stats.accepted == 0, c)
         continuous = zip(CONTINUOUS, (bound, oracle), strict=True)
         for name, n in [*allocations.items(), *continuous]:
             j = objective(c, n)

@@ -10,11 +10,11 @@ alpha, with ties, filters and padding.
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import pytest
+from support import REPO
 
 from budget_service.engine import (
     AllocationParams,
@@ -143,7 +143,7 @@ def test_predicted_and_uniform_variance_on_the_regularised_objective() -> None:
 
 
 def _published_rule() -> ModuleType:
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "published_rule.py"
+    path = REPO / "benchmarks" / "published_rule.py"
     spec = importlib.util.spec_from_file_location("published_rule", path)
     assert spec is not None
     assert spec.loader is not None

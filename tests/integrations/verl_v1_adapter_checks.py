@@ -98,6 +98,7 @@ def compose_config(service: str, run_id: str, data_file: Path) -> DictConfig:
         "data.val_files": str(data_file),
         "actor_rollout_ref.actor.ppo_mini_batch_size": "2",
         "data.dataloader_num_workers": "0",  # a 2-core machine
+        "data.shuffle": "false",  # batches in dataset order: rows 0-3, then 4-7
     }
     config_dir = Path(verl.__file__).parent / "trainer" / "config"
     with initialize_config_dir(config_dir=str(config_dir), version_base=None):
