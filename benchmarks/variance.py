@@ -28,7 +28,17 @@ with the accepted samples' norms only, all that the v1 contract carries). Its me
 is computed exactly (a sum over the binomial count of correct samples) and checked by an
 explicit Monte Carlo on one batch.
 
-Run: python benchmarks/variance.py [--trials 200]   (about 1-2 minutes on 2 cores)
+Top-ups (`topup_study`, u-shaped mix): every protocol at the same TOTAL of 16 samples per prompt
+per step, the pilot counted (and trained on): uniform; today's protocol (pilot 8, then 8 per
+prompt by gvm, the service not told what was drawn); gvm and knapsack with the pilot passed as
+`drawn`, in one shot (8 | 8), two rounds (4 | 6, 6) and three (2 | 4, 5, 5), every round
+reported before the next is asked for; gvm-paper on the same schedules as repeated one-shot
+rounds (it has no `drawn`); the one-shot floor (pilot_information_bound, pilot counted) and the
+oracle. RAFT rows are scored on J with the true p and G; GRPO rows on the RLOO MSE given the
+step's realised groups (rloo_mse_given), including gvm's group-aware top-up (`drawn_accepted`).
+Every sample index of a prompt is drawn once per batch and shared by all rows.
+
+Run: python benchmarks/variance.py [--trials 200]   (about 3 minutes on 2 cores)
 Writes benchmarks/results/variance.json and variance.png.
 """
 
@@ -50,10 +60,12 @@ from _report import RESULTS, machine, write_json
 from numpy.typing import NDArray
 
 from budget_service.engine import (
+    Algo,
     AllocationParams,
     Estimates,
     PromptStatistics,
     RunTotals,
+    Strategy,
     allocate,
     continuous_allocation,
     estimate,
@@ -464,12 +476,192 @@ def grpo_study(mix_name: str, trials: int, seed: int) -> dict[str, Any]:
     }
 
 
+# --- top-ups: every protocol at the same total per step, the pilot counted ------------------------
+
+TOTAL_PER_PROMPT = 16  # the step's samples per prompt on average, every round's (the pilot's too)
+TOPUP_MIX = "u-shaped"
+TODAY = "today: pilot 8, then gvm without drawn"
+SCHEDULES = {  # samples per prompt: the pilot (the same for every prompt), then each top-up
+    "one-shot (8 | 8)": (8, 8),
+    "two rounds (4 | 6, 6)": (4, 6, 6),
+    "three rounds (2 | 4, 5, 5)": (2, 4, 5, 5),
+}
+CHUNK = 256  # pre-drawn samples per prompt, extended on demand
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How a step spends its samples: a pilot, then allocations of the rest, round by round."""
+
+    params: AllocationParams
+    rounds: tuple[int, ...]  # per prompt: the pilot, then each round's budget / M
+    drawn: bool = True  # each round tells the service what was drawn (today's protocol: no)
+    accepted: bool = False  # and what was accepted (`drawn_accepted`: GRPO's group state)
+    all_norms: bool = False  # the rejected samples' norms are reported too
+
+
+class Outcomes:
+    """Every sample a protocol could draw in one trial, drawn ahead: the j-th sample of prompt i
+    is the same whichever protocol draws it (common random numbers across the rows)."""
+
+    def __init__(self, rng: np.random.Generator, p: F64, g: F64) -> None:
+        self.rng, self.p, self.g = rng, p, g
+        self.correct = np.zeros((M, 0), bool)
+        self.norms = np.zeros((M, 0))
+        self.sums: list[F64] = []
+
+    def draw(self, start: I64, count: I64) -> tuple[I64, F64, F64]:
+        """Accepted count, accepted norms' sum, rejected norms' sum of each prompt's samples
+        start_i .. start_i + count_i - 1."""
+        end = start + count
+        while self.correct.shape[1] < int(end.max()):  # whole chunks, in order: reproducible
+            noise = self.rng.lognormal(-(NORM_NOISE**2) / 2, NORM_NOISE, (M, CHUNK))
+            self.correct = np.hstack([self.correct, self.rng.random((M, CHUNK)) < self.p[:, None]])
+            self.norms = np.hstack([self.norms, self.g[:, None] * noise])
+            self.sums = []
+        if not self.sums:
+            parts = (self.correct, self.norms * self.correct, self.norms * ~self.correct)
+            self.sums = [
+                np.pad(np.cumsum(a, axis=1, dtype=np.float64), ((0, 0), (1, 0))) for a in parts
+            ]
+        k, acc, rej = (
+            np.take_along_axis(s, end[:, None], 1)[:, 0]
+            - np.take_along_axis(s, start[:, None], 1)[:, 0]
+            for s in self.sums
+        )
+        return k.round().astype(np.int64), acc, rej
+
+
+def play(protocol: Protocol, outcomes: Outcomes) -> tuple[I64, I64]:
+    """The step's totals and accepted counts: the pilot, then each round allocated from the
+    statistics reported so far, through `estimate`/`allocate` as the service does."""
+    drawn, accepted = np.zeros(M, np.int64), np.zeros(M, np.int64)
+    norm_sum, rejected_sum = np.zeros(M), np.zeros(M)
+    for r, per_prompt in enumerate(protocol.rounds):
+        x = np.full(M, per_prompt, np.int64)
+        if r > 0:
+            rejected = drawn - accepted if protocol.all_norms else np.zeros(M, np.int64)
+            counts = [a.astype(np.float64) for a in (drawn, accepted, rejected)]
+            sums = (norm_sum, rejected_sum if protocol.all_norms else np.zeros(M))
+            stats = PromptStatistics(
+                counts[0], counts[1], sums[0], counts[1], np.zeros(M, np.int64), sums[1], counts[2]
+            )
+            totals = RunTotals(
+                *(float(v.sum()) for v in (counts[0], counts[1], sums[0], counts[1])),
+                rejected_grad_norm_sum=float(sums[1].sum()),
+                rejected_grad_norm_count=float(counts[2].sum()),
+            )
+            est = estimate(stats, totals, 0, protocol.params)
+            x = allocate(
+                est,
+                per_prompt * M,
+                protocol.params,
+                drawn=drawn if protocol.drawn else None,
+                drawn_accepted=accepted if protocol.accepted else None,
+            ).samples
+        k, acc, rej = outcomes.draw(drawn, x)
+        drawn, accepted = drawn + x, accepted + k
+        norm_sum, rejected_sum = norm_sum + acc, rejected_sum + rej
+    return drawn, accepted
+
+
+def topup_protocols(algo: Algo) -> dict[str, Protocol]:
+    """uniform; today's protocol; gvm, knapsack (with `drawn`) and gvm-paper (repeated one-shot
+    rounds: it has no top-ups) on each schedule; under GRPO the group-aware top-up too."""
+    grpo = algo == "grpo"
+
+    def params(strategy: Strategy) -> AllocationParams:
+        return AllocationParams(strategy=strategy, algo=algo)
+
+    total = (TOTAL_PER_PROMPT,)
+    rows = {
+        f"uniform, {TOTAL_PER_PROMPT} per prompt": Protocol(params("uniform"), total),
+        TODAY: Protocol(params("gvm"), (8, 8), drawn=False, all_norms=grpo),
+    }
+    for label, rounds in SCHEDULES.items():
+        rows[f"gvm, {label}"] = Protocol(params("gvm"), rounds, all_norms=grpo)
+        if grpo:
+            rows[f"gvm, group-aware, {label}"] = Protocol(
+                params("gvm"), rounds, accepted=True, all_norms=True
+            )
+        else:
+            rows[f"gvm, norms of every sample, {label}"] = Protocol(
+                params("gvm"), rounds, all_norms=True
+            )
+        rows[f"knapsack, {label}"] = Protocol(params("knapsack"), rounds, all_norms=grpo)
+        rows[f"gvm-paper, {label}, no drawn"] = Protocol(params("gvm-paper"), rounds, drawn=False)
+    return rows
+
+
+def rloo_mse_given(n: I64, k: I64, p: F64, g: F64) -> float:
+    """E|RLOO - grad|^2 given the step's groups (k_i correct of n_i): the realised group's bias
+    delta^2 (y_K - p (1 - p))^2 plus its noise sigma^2 z_K (see rloo_mse). Its mean over draws
+    is rloo_mse for fixed n; unlike rloo_mse, it scores allocations that depend on outcomes."""
+    delta2 = (DELTA_SHARE * g) ** 2
+    truth = p * (1 - p)
+    noise2 = g**2 - truth * delta2
+    pairs = np.maximum(n * (n - 1), 1)
+    y, z = k * (n - k) / pairs, k * (n - k) / (pairs * np.maximum(n - 1, 1))
+    out = np.where(n >= 2, delta2 * (y - truth) ** 2 + noise2 * z, truth**2 * delta2)
+    return float(out.sum())
+
+
+def topup_study(trials: int, seed: int) -> dict[str, Any]:
+    """RAFT's J and GRPO's RLOO MSE of every protocol, true p and G, same batches, same draws."""
+    mix = MIXES[TOPUP_MIX]
+    rng = np.random.default_rng(seed)
+    total = TOTAL_PER_PROMPT * M
+    raft_rows, grpo_rows = topup_protocols("raft"), topup_protocols("grpo")
+    one_shot_floor = f"bound: any one-shot allocation after a pilot of {PILOT} (counted)"
+    oracle, grpo_oracle = "oracle (continuous, true p and G)", "oracle: algo=grpo, true p and G"
+    raft: dict[str, list[float]] = {name: [] for name in [*raft_rows, one_shot_floor, oracle]}
+    grpo: dict[str, list[float]] = {name: [] for name in [*grpo_rows, grpo_oracle]}
+    for _ in range(trials):
+        p, g = rng.beta(*mix, M), rng.lognormal(0.0, G_SPREAD, M)
+        outcomes = Outcomes(np.random.default_rng(rng.integers(2**63)), p, g)
+        c = regularised_cost(p, g, ALPHA, BETA)
+        for name, protocol in raft_rows.items():
+            raft[name].append(objective(c, play(protocol, outcomes)[0]))
+        blind = outcomes.draw(np.zeros(M, np.int64), np.full(M, PILOT))[0] == 0
+        raft[one_shot_floor].append(objective(c, pilot_information_bound(blind, c, total, PILOT)))
+        top = np.full(M, float(total))
+        raft[oracle].append(objective(c, continuous_allocation(c, float(total), np.ones(M), top)))
+        for name, protocol in grpo_rows.items():
+            grpo[name].append(rloo_mse_given(*play(protocol, outcomes), p, g))
+        n = allocate(Estimates.from_rates(p, g), total, AllocationParams(algo="grpo")).samples
+        k = outcomes.draw(np.zeros(M, np.int64), n)[0]
+        grpo[grpo_oracle].append(rloo_mse_given(n, k, p, g))
+    return {
+        "mix": {"name": TOPUP_MIX, "beta": list(mix)},
+        "samples_per_prompt": TOTAL_PER_PROMPT,
+        "schedules": {label: list(rounds) for label, rounds in SCHEDULES.items()},
+        "raft": side_by_side(raft, TODAY, oracle),
+        "grpo": side_by_side(grpo, TODAY, grpo_oracle),
+    }
+
+
+def side_by_side(scores: dict[str, list[float]], today: str, oracle: str) -> dict[str, Any]:
+    """Per row: the mean score and its ratios to today's protocol and to the oracle (means of
+    per-batch ratios), and which top-up protocol is best."""
+    base, best = np.array(scores[today]), np.array(scores[oracle])
+    rows = {
+        name: {
+            "mean": float(np.mean(v)),
+            "to_today": float(np.mean(np.array(v) / base)),
+            "to_oracle": float(np.mean(np.array(v) / best)),
+        }
+        for name, v in scores.items()
+    }
+    topups = [name for name in rows if name.startswith(("gvm,", "knapsack,"))]
+    return {"rows": rows, "best_topup": min(topups, key=lambda name: rows[name]["to_oracle"])}
+
+
 # --- report ---------------------------------------------------------------------------------------
 
 
-def plot(raft: dict[str, Any], grpo: dict[str, Any], path: str) -> None:
-    fig, (left, right) = plt.subplots(
-        1, 2, figsize=(15, 5.5), gridspec_kw={"width_ratios": [3, 1.3]}
+def plot(raft: dict[str, Any], grpo: dict[str, Any], topups: dict[str, Any], path: str) -> None:
+    fig, (left, right, last) = plt.subplots(
+        1, 3, figsize=(22, 6), gridspec_kw={"width_ratios": [3, 1.3, 2]}
     )
     names = [
         "gvm-paper",
@@ -519,6 +711,25 @@ def plot(raft: dict[str, Any], grpo: dict[str, Any], path: str) -> None:
     right.set_title("GRPO")
     right.set_ylim(0, 1.45)
     right.legend(fontsize=7, loc="upper right")
+    names = list(dict.fromkeys([*topups["raft"]["rows"], *topups["grpo"]["rows"]]))
+    ys = np.arange(len(names))
+    for offset, side in ((-0.2, "raft"), (0.2, "grpo")):
+        rows = topups[side]["rows"]
+        values = [rows[name]["to_today"] if name in rows else np.nan for name in names]
+        last.barh(
+            ys + offset,
+            values,
+            0.4,
+            label=f"{side.upper()} ({'J' if side == 'raft' else 'RLOO MSE'})",
+        )
+    last.axvline(1.0, color="black", linewidth=0.8, linestyle="--")
+    last.axvline(0.9, color="gray", linewidth=0.8, linestyle=":")
+    last.set_yticks(ys, names, fontsize=7)
+    last.invert_yaxis()
+    last.set_xlim(0, 2)
+    last.set_xlabel("today's protocol = 1 (the pilot counted, same total)")
+    last.set_title(f"Top-ups, {TOPUP_MIX}, {TOTAL_PER_PROMPT} per prompt")
+    last.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -528,6 +739,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=200, help="batches per difficulty mix")
     parser.add_argument("--sweep-trials", type=int, default=100)
     parser.add_argument("--grpo-trials", type=int, default=60)
+    parser.add_argument("--topup-trials", type=int, default=100, help="batches of the top-ups")
     parser.add_argument("--seed", type=int, default=2025)
     args = parser.parse_args()
     started = time.perf_counter()
@@ -542,6 +754,7 @@ def main() -> None:
         name: grpo_study(name, args.grpo_trials, args.seed + 20 + i)
         for i, name in enumerate(("u-shaped", "uniform"))
     }
+    topups = topup_study(args.topup_trials, args.seed + 30)
 
     print(f"RAFT: J with the true p and G, mean over {args.trials} batches per mix")
     header = f"{'strategy':42s}" + "".join(f"{mix:>22s}" for mix in raft)
@@ -580,7 +793,16 @@ def main() -> None:
             + "".join(f"{mix} {grpo[mix]['mse_to_uniform'][name]:.3f}   " for mix in grpo)
         )
 
+    for side, score in (("RAFT", "J"), ("GRPO", "RLOO MSE")):
+        print(
+            f"\nTop-ups ({side}, {TOPUP_MIX}, {TOTAL_PER_PROMPT} per prompt in all, the pilot "
+            f"counted): {score} / today's protocol, / oracle"
+        )
+        for name, row in topups[side.lower()]["rows"].items():
+            print(f"  {name:62s} {row['to_today']:.3f}  {row['to_oracle']:.3f}")
+
     u = raft["u-shaped"]["strategies"]["gvm"]
+    best = topups["raft"]["rows"][topups["raft"]["best_topup"]]
     targets = {
         "gvm_to_uniform_u_shaped": {
             "value": u["to_uniform"],
@@ -596,6 +818,16 @@ def main() -> None:
             "value": raft["u-shaped"]["gvm_integer_gap"]["max"],
             "target": 0.02,
             "met": raft["u-shaped"]["gvm_integer_gap"]["max"] <= 0.02,
+        },
+        "best_topup_to_today_u_shaped": {
+            "value": best["to_today"],
+            "target": 0.9,
+            "met": best["to_today"] <= 0.9,
+        },
+        "best_topup_to_oracle_u_shaped": {
+            "value": best["to_oracle"],
+            "target": 1.25,
+            "met": best["to_oracle"] <= 1.25,
         },
     }
     print("\nTargets (u-shaped):")
@@ -628,19 +860,21 @@ def main() -> None:
             "trials": args.trials,
             "sweep_trials": args.sweep_trials,
             "grpo_trials": args.grpo_trials,
+            "topup_trials": args.topup_trials,
             "monte_carlo": {"batches": MC_TRIALS, "repetitions": MC_REPS},
             "seed": args.seed,
         },
         "raft": raft,
         "defaults_sweep_to_oracle": sweeps,
         "grpo": grpo,
+        "topups": topups,
         "targets": targets,
         "limits_u_shaped_to_oracle": limits,
         "machine": {**machine(), "loadavg_before": load_before},
         "seconds": time.perf_counter() - started,
     }
     write_json("variance", payload)
-    plot(raft, grpo, str(RESULTS / "variance.png"))
+    plot(raft, grpo, topups, str(RESULTS / "variance.png"))
     print(f"\nwrote {RESULTS / 'variance.json'} and variance.png in {payload['seconds']:.0f} s")
 
 

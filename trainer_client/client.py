@@ -97,16 +97,24 @@ def _segment(value: str) -> str:
     return quote(value, safe="")
 
 
-def uniform_split(budget: int, count: int, config: RunConfig | None = None) -> list[int]:
+def uniform_split(
+    budget: int, count: int, config: RunConfig | None = None, drawn: Sequence[int] | None = None
+) -> list[int]:
     """The service's ``uniform`` strategy with the bounds this client knows (``config``: the
     run's config as created or read back; unset fields add no bound): ``budget`` rounded down to
     ``align_to``, split as evenly as possible (earlier prompts get the remainder), never more
-    than the budget. A budget the bounds cannot meet (below ``count`` x ``min_samples``, at
-    least 2 under GRPO; above ``count`` x ``max_samples``) raises the ``InvalidRequestError``
-    the service would answer. The explore floor needs the statistics: it is not applied."""
+    than the budget. With ``drawn`` (what each prompt already drew this step) the step's
+    *totals* ``drawn_i + x_i`` are made as even as possible, each at least ``drawn_i``, and the
+    additional ``x_i`` are returned. A budget the bounds cannot meet (the floors left to fill
+    above it: ``count`` x ``min_samples``, at least 2 under GRPO, less what was drawn; the room
+    under ``max_samples`` below it) raises the ``InvalidRequestError`` the service would answer.
+    The explore floor needs the statistics: it is not applied."""
     if count <= 0:
         return []
     config = config or RunConfig()
+    already = [0] * count if drawn is None else list(drawn)
+    if len(already) != count or min(already) < 0:
+        raise ValueError(f"drawn must be {count} integers >= 0, got {already!r}")
     align = config.align_to or 1
     low = config.min_samples or 0
     if config.algo == "grpo":
@@ -115,19 +123,51 @@ def uniform_split(budget: int, count: int, config: RunConfig | None = None) -> l
     aligned = f"budget {budget}" + (
         f" (aligned down to {total} for align_to={align})" if total != budget else ""
     )
-    if low * count > total:
+    drawn_sum = sum(already)
+    short = sum(max(low - d, 0) for d in already)
+    if short > total:
         grpo = " (GRPO needs 2 per prompt)" if low > (config.min_samples or 0) else ""
+        less = f", less the {drawn_sum} already drawn, needs {short}" if drawn_sum else ""
         _infeasible(
             f"{aligned} is below the floor: {count} prompts x min_samples {low} = "
-            f"{low * count}{grpo}"
+            f"{low * count}{less}{grpo}"
         )
     high = config.max_samples
-    if high is not None and high * count < total:
+    if high is not None and (room := sum(max(high - d, 0) for d in already)) < total:
+        less = f", less the {drawn_sum} already drawn, leaves {room}" if drawn_sum else ""
         _infeasible(
-            f"{aligned} is above the cap: {count} prompts x max_samples {high} = {high * count}"
+            f"{aligned} is above the cap: {count} prompts x max_samples {high} = "
+            f"{high * count}{less}"
         )
-    base, extra = divmod(total, count)
-    return [base + (i < extra) for i in range(count)]
+    lower = [max(low, d) for d in already]
+    upper = [d + total if high is None else max(high, d) for d in already]
+    totals = _even_totals(lower, upper, total + drawn_sum)
+    return [t - d for t, d in zip(totals, already, strict=True)]
+
+
+def _even_totals(lower: list[int], upper: list[int], total: int) -> list[int]:
+    """The most even integers within bounds that sum to ``total`` (the service's even split):
+    clip(v, l_i, u_i) for the highest level v that fits, then one more for the lowest-index
+    prompts sitting at v. Requires sum l <= total <= sum u."""
+
+    def fill(v: int) -> int:
+        return sum(min(max(v, lo), hi) for lo, hi in zip(lower, upper, strict=True))
+
+    v_lo, v_hi = min(lower), max(upper)
+    if fill(v_hi) <= total:
+        v_lo = v_hi
+    while v_hi - v_lo > 1:  # fill(v_lo) <= total < fill(v_hi)
+        mid = (v_lo + v_hi) // 2
+        v_lo, v_hi = (mid, v_hi) if fill(mid) <= total else (v_lo, mid)
+    n = [min(max(v_lo, lo), hi) for lo, hi in zip(lower, upper, strict=True)]
+    rest = total - sum(n)
+    for i, hi in enumerate(upper):
+        if rest == 0:
+            break
+        if n[i] == v_lo and hi > v_lo:
+            n[i] += 1
+            rest -= 1
+    return n
 
 
 def _infeasible(message: str) -> NoReturn:
@@ -252,7 +292,7 @@ class _BaseClient:
 
         def uniform(exc: UnavailableError) -> Allocation:
             config = self._configs.get(run_id)
-            counts = uniform_split(budget, len(prompt_ids), config)
+            counts = uniform_split(budget, len(prompt_ids), config, drawn)
             self.stats.fallbacks += 1
             logger.warning(
                 "service unreachable (%s); step %d falls back to a uniform allocation of %d "

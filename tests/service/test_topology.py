@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from test_compose import (
+from support.compose import (
     SERVICE,
     command_args,
     environment,

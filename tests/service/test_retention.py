@@ -11,8 +11,8 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 import redis
-from support.services import ServiceProcess
 from redis.cluster import RedisCluster
+from support.services import ServiceProcess
 
 from budget_service.store import run_keys
 
