@@ -23,6 +23,7 @@ Writes benchmarks/results/<name>.json and <name>.png.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import multiprocessing
 import os
@@ -112,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--name", default="learning_regime", help="results file stem")
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (processes)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    parser.add_argument(
+        "--resummarise", type=Path, default=None, help="redo the summary and plot of a results file"
+    )
     return parser
 
 
@@ -148,8 +152,6 @@ def run_config(arm: Arm, seed: int, args: argparse.Namespace, url: str, runs: Pa
 def run_one(arm_name: str, config: Any, threads: int) -> dict[str, Any]:
     """One training run in a worker process: its held-out curve against counted samples and
     training time, and its time per phase."""
-    import json
-
     import torch
 
     from trainer_client.trainer.train import quiet_transformers, train
@@ -277,6 +279,8 @@ def summarise(
             / sum(r["prompt_steps"] for r in runs_of),  # prompts given no samples after a pilot
         }
         if arm != "uniform":
+            # the same samples as uniform's (an allocation that came out even): a tie, not a result
+            entry["seeds_identical_to_uniform"] = int((held == uniform_held).all(axis=1).sum())
             d = stats.auc(x, held) - uniform_auc
             interval = stats.bootstrap_ratio(x, held, uniform_held)
             reach = interval.estimate * float(x[-1])
@@ -341,10 +345,30 @@ def docs_table(payload: dict[str, Any]) -> str:
         low, high = e["samples_ratio_90ci"]
         d = e["auc_difference"]
         p = e.get("sign_flip_p_holm", e["sign_flip_p"])
+        tied = e["seeds_identical_to_uniform"]
+        same = f" ({tied} the same samples as uniform)" if tied else ""
         rows.append(
             f"| {name} | {ratio(e['samples_ratio'])} ({ratio(low)}-{ratio(high)}) "
             f"| {ratio(e['time_ratio'])} | {e['final']:.4f} | {d['mean']:+.4f} "
-            f"({d['wins']}-{d['losses']}) | {p:.2g} | {e['seeds']} |"
+            f"({d['wins']}-{d['losses']}) | {p:.2g} | {e['seeds']}{same} |"
+        )
+    return "\n".join(rows)
+
+
+def pass_rate_table(payload: dict[str, Any]) -> str:
+    """Per level, the warm policy's exact answer probability before training (pool; held out)."""
+    rates = payload["pass_rates_before_training"]
+    rows = [
+        "| level | prompts (pool; held out) | mean p | at 0.01 < p < 0.3 | at p >= 0.3 |",
+        "|---|---|---|---|---|",
+    ]
+    for level, pool in rates["pool"].items():
+        held = rates["held_out"][level]
+        rows.append(
+            f"| {level} | {pool['prompts']}; {held['prompts']} | {pool['mean']:.3f}; "
+            f"{held['mean']:.3f} | {pool['share_0.01_to_0.3']:.0%}; "
+            f"{held['share_0.01_to_0.3']:.0%} | {pool['share_above_0.3']:.0%}; "
+            f"{held['share_above_0.3']:.0%} |"
         )
     return "\n".join(rows)
 
@@ -383,6 +407,8 @@ def plot(payload: dict[str, Any], path: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.resummarise:
+        return resummarise(args.resummarise)
     if "uniform" not in args.arms:
         raise SystemExit("every comparison is with uniform: keep it in --arms")
     started = time.perf_counter()
@@ -414,8 +440,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     path = _write(args.out, args.name, payload)
     plot(payload, path.with_suffix(".png"))
+    print(pass_rate_table(payload))
     print(docs_table(payload))
     print(f"wrote {path} and {path.with_suffix('.png')} in {payload['seconds_total']:.0f} s")
+    return 0
+
+
+def resummarise(path: Path) -> int:
+    """The summary, tables and plot of `path` again, from its runs (after a change here)."""
+    payload = json.loads(path.read_text())
+    settings = payload["settings"]
+    x = np.array(payload["x"])
+    payload["summary"] = summarise(payload["runs"], settings["arms"], settings["seeds"], x)
+    _write(path.parent, path.stem, payload)
+    plot(payload, path.with_suffix(".png"))
+    print(pass_rate_table(payload))
+    print(docs_table(payload))
     return 0
 
 

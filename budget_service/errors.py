@@ -11,7 +11,7 @@ HTTP status.
         └── ReplicasNotAckedError  503  fewer replicas than GVM_REDIS_MIN_REPLICAS_ACK confirmed
 
 The allocation engine's `AllocationError` (422) lives in `budget_service.engine` and is mapped
-in `exception_handlers.py` too. No `redis.*` exception leaves `store.py`.
+in `exception_handlers.py` too. No `redis.*` exception leaves the store package.
 """
 
 from __future__ import annotations

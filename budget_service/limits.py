@@ -1,6 +1,6 @@
 """Checks that need the settings or span a report's fields, run after the schemas parse.
 
-`schemas.py` stays static (its OpenAPI schema does not depend on settings); what a deployment
+the schemas stay static (its OpenAPI schema does not depend on settings); what a deployment
 configures (ids per request, id lengths) and the rules across an observation's fields are
 checked here, each failure an `InvalidRequestError` naming the field and the rule.
 """

@@ -13,7 +13,7 @@ import pydantic
 import pytest
 from support.cases import BAD_OBSERVATIONS, OK_OBSERVATION, UNIFORM_SPLITS
 
-from trainer_client import BudgetClient, InvalidRequestError, Observation
+from trainer_client import BudgetClient, InvalidRequestError, Observation, RetryPolicy
 from trainer_client.client import uniform_split
 
 NOBODY = "http://127.0.0.1:9"  # the discard port: a report that got past validation would spool
@@ -70,26 +70,35 @@ def test_a_bad_observation_is_refused_by_both(
 
 
 @pytest.mark.parametrize(
-    ("config", "budget", "count", "feasible"),
+    ("config", "budget", "count", "feasible", "drawn"),
     [case[1:] for case in UNIFORM_SPLITS],
     ids=[case[0] for case in UNIFORM_SPLITS],
 )
 def test_the_fallback_split_is_the_services_uniform(
     service_url: str, run_id: str, config: dict[str, Any], budget: int, count: int,
-    feasible: bool,
+    feasible: bool, drawn: list[int] | None,
 ) -> None:  # fmt: skip
     prompts = [f"p{i}" for i in range(count)]
     with BudgetClient(service_url) as client:
         known = client.put_run(run_id, strategy="uniform", **config).config  # what the client keeps
         if not feasible:
             with pytest.raises(InvalidRequestError) as service:
-                client.allocate(run_id, prompts, budget, step=0)
+                client.allocate(run_id, prompts, budget, step=0, drawn=drawn)
             with pytest.raises(InvalidRequestError) as fallback:
-                uniform_split(budget, count, known)
+                uniform_split(budget, count, known, drawn)
             assert service.value.code == fallback.value.code == "infeasible_budget"
             assert service.value.field == fallback.value.field == "budget"
             assert fallback.value.body["error"]["message"] == service.value.body["error"]["message"]
             return
-        counts = client.allocate(run_id, prompts, budget, step=0).counts
-    assert uniform_split(budget, count, known) == counts
+        counts = client.allocate(run_id, prompts, budget, step=0, drawn=drawn).counts
+    assert uniform_split(budget, count, known, drawn) == counts
     assert sum(counts) <= budget
+
+
+def test_a_top_up_falls_back_to_even_totals(run_id: str) -> None:
+    """The service down during a top-up: the fallback evens out the step's totals, not the
+    additional samples, and never spends more than the additional budget."""
+    with BudgetClient(NOBODY, retry=RetryPolicy(attempts=1)) as client:
+        allocation = client.allocate(run_id, ["a", "b", "c"], 6, step=3, drawn=[6, 0, 2])
+    assert allocation.fallback
+    assert allocation.counts == [0, 4, 2]  # totals 6, 4, 4

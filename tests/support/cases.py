@@ -8,9 +8,10 @@ Left out on purpose: JSON types (the client sends what its models typed, "8" goe
 the limits a deployment sets (GVM_MAX_PROMPT_ID_LENGTH, GVM_MAX_REPORT_OBSERVATIONS), which the
 client cannot know.
 
-UNIFORM_SPLITS: (id, run config, budget, prompts, feasible). The service's `uniform` strategy and
-the client's fallback `uniform_split` (given the config the service answers for the run) give
-the same integers, or both refuse the budget (422 infeasible_budget).
+UNIFORM_SPLITS: (id, run config, budget, prompts, feasible, drawn). The service's `uniform`
+strategy and the client's fallback `uniform_split` (given the config the service answers for the
+run, and `drawn` for a top-up) give the same integers, or both refuse the budget (422
+infeasible_budget).
 """
 
 from __future__ import annotations
@@ -85,26 +86,37 @@ BAD_OBSERVATIONS: list[tuple[str, dict[str, Any], str, str]] = [
      "rejected_grad_norms[0]", "less_than_equal"),
 ]  # fmt: skip
 
-UNIFORM_SPLITS: list[tuple[str, dict[str, Any], int, int, bool]] = [
-    ("defaults", {}, 10, 4, True),
-    ("defaults, even", {}, 8, 4, True),
-    ("defaults, many prompts", {}, 1000, 7, True),
-    ("one prompt", {}, 5, 1, True),
-    ("below the default floor of 1", {}, 3, 4, False),
-    ("no floor", {"min_samples": 0}, 3, 4, True),
-    ("zero budget, no floor", {"min_samples": 0}, 0, 3, True),
-    ("floor met", {"min_samples": 2}, 10, 4, True),
-    ("floor exactly", {"min_samples": 2}, 8, 4, True),
-    ("below the floor", {"min_samples": 2}, 6, 4, False),
-    ("cap met exactly", {"max_samples": 6}, 12, 2, True),
-    ("above the cap", {"max_samples": 6}, 20, 2, False),
-    ("aligned down", {"align_to": 4}, 10, 3, True),
-    ("aligned down to the cap", {"max_samples": 3, "align_to": 2}, 7, 2, True),
-    ("aligned down below the floor", {"min_samples": 2, "align_to": 4}, 11, 5, False),
-    ("bounds and alignment", {"min_samples": 3, "max_samples": 150, "align_to": 8}, 1003, 7, True),
-    ("GRPO's floor of 2", {"algo": "grpo", "min_samples": 0}, 9, 4, True),
-    ("below GRPO's floor of 2", {"algo": "grpo", "min_samples": 1}, 7, 4, False),
-    ("GRPO aligned", {"algo": "grpo", "align_to": 4}, 9, 4, True),
-    ("GRPO with a higher floor", {"algo": "grpo", "min_samples": 3}, 11, 4, False),
-    ("explore floor on new prompts", {"explore_samples": 5}, 12, 4, True),
-]
+UNIFORM_SPLITS: list[tuple[str, dict[str, Any], int, int, bool, list[int] | None]] = [
+    ("defaults", {}, 10, 4, True, None),
+    ("defaults, even", {}, 8, 4, True, None),
+    ("defaults, many prompts", {}, 1000, 7, True, None),
+    ("one prompt", {}, 5, 1, True, None),
+    ("below the default floor of 1", {}, 3, 4, False, None),
+    ("no floor", {"min_samples": 0}, 3, 4, True, None),
+    ("zero budget, no floor", {"min_samples": 0}, 0, 3, True, None),
+    ("floor met", {"min_samples": 2}, 10, 4, True, None),
+    ("floor exactly", {"min_samples": 2}, 8, 4, True, None),
+    ("below the floor", {"min_samples": 2}, 6, 4, False, None),
+    ("cap met exactly", {"max_samples": 6}, 12, 2, True, None),
+    ("above the cap", {"max_samples": 6}, 20, 2, False, None),
+    ("aligned down", {"align_to": 4}, 10, 3, True, None),
+    ("aligned down to the cap", {"max_samples": 3, "align_to": 2}, 7, 2, True, None),
+    ("aligned down below the floor", {"min_samples": 2, "align_to": 4}, 11, 5, False, None),
+    ("bounds and alignment", {"min_samples": 3, "max_samples": 150, "align_to": 8},
+     1003, 7, True, None),
+    ("GRPO's floor of 2", {"algo": "grpo", "min_samples": 0}, 9, 4, True, None),
+    ("below GRPO's floor of 2", {"algo": "grpo", "min_samples": 1}, 7, 4, False, None),
+    ("GRPO aligned", {"algo": "grpo", "align_to": 4}, 9, 4, True, None),
+    ("GRPO with a higher floor", {"algo": "grpo", "min_samples": 3}, 11, 4, False, None),
+    ("explore floor on new prompts", {"explore_samples": 5}, 12, 4, True, None),
+    # top-ups: the most even totals drawn + x, each at least what was drawn
+    ("top-up to even totals", {}, 8, 4, True, [4, 0, 2, 2]),
+    ("top-up, a prompt above the even level", {}, 6, 3, True, [10, 0, 1]),
+    ("top-up aligned down", {"align_to": 4}, 7, 3, True, [1, 2, 3]),
+    ("top-up under a cap", {"max_samples": 5}, 6, 3, True, [5, 1, 0]),
+    ("top-up, a prompt over its cap", {"max_samples": 3}, 4, 3, True, [5, 1, 0]),
+    ("top-up above the room under the cap", {"max_samples": 4}, 6, 3, False, [4, 3, 0]),
+    ("top-up fills the floor first", {"min_samples": 3}, 5, 3, True, [0, 4, 2]),
+    ("top-up below GRPO's floor", {"algo": "grpo"}, 2, 3, False, [1, 0, 2]),
+    ("top-up of nothing", {}, 0, 2, True, [3, 3]),
+]  # fmt: skip

@@ -184,6 +184,7 @@ def test_docs_table_is_the_committed_result(regime: ModuleType) -> None:
     payload = json.loads((RESULTS / "learning_regime.json").read_text())
     text = section(DOCS / "benchmarks.md", "Learning per generated sample (the regime)")
     assert regime.docs_table(payload) in text
+    assert regime.pass_rate_table(payload) in text
     settings = payload["settings"]
     assert (settings["train_prompts"], settings["batch_size"], settings["steps"]) == (1024, 64, 16)
     assert settings["eval_prompts"] >= 256

@@ -32,7 +32,7 @@ class TrainConfig:
     service_url: str = "http://127.0.0.1:8000"  # base URL of the GVM Budget service
     run_id: str = ""  # the service's run id; "" = <allocation>-<algo>-<mode>-s<seed>
     api_token: str = ""  # bearer token, if the service wants one (or set GVM_API_TOKEN)
-    allocation: Literal["gvm", "gvm-paper", "uniform"] = "gvm"  # the run's strategy
+    allocation: Literal["gvm", "gvm-paper", "uniform", "knapsack"] = "gvm"  # the run's strategy
     min_samples: int | None = None  # per-prompt floor; None = the service's (grpo: at least 2)
     max_samples: int | None = None  # per-prompt cap; None = none
     half_life_steps: float | None = None  # statistics halve every this many steps; None = keep
@@ -46,6 +46,7 @@ class TrainConfig:
     pilot_samples: int = 2  # paper mode: samples per prompt before the allocation (N')
     pilot_filter: bool = False  # paper mode: allocate only over the prompts the pilot solved
     pilot_as_drawn: bool = False  # paper mode: the pilot is `drawn`, the allocation a top-up
+    allocation_rounds: str = ""  # per-prompt samples of the first rounds ("2,4"), last: the rest
     lr: float = 1e-5  # AdamW learning rate (constant); ~1e-6 for models of 1B parameters
     weight_decay: float = 0.0  # AdamW weight decay
     clip: float = 0.2  # PPO clip range epsilon of the importance ratio
@@ -130,6 +131,11 @@ class TrainConfig:
             problems.append("pilot_filter needs paper mode (the pilot it filters on)")
         if self.pilot_as_drawn and (self.mode != "paper" or self.allocation == "gvm-paper"):
             problems.append("pilot_as_drawn needs paper mode, and gvm or uniform (no top-ups)")
+        if self.allocation_rounds:
+            try:
+                _ = self.round_budgets
+            except ValueError as exc:
+                problems.append(str(exc))
         if not 0 < self.gpu_memory_utilization <= 1:
             problems.append("gpu_memory_utilization must be in (0, 1]")
         if self.tensor_parallel_size < 1:
@@ -168,6 +174,34 @@ class TrainConfig:
         if not any(shares):
             raise ValueError("level_mix must give some level a share above 0")
         return tuple(level for level, n in zip(levels, shares, strict=True) for _ in range(n))
+
+    @property
+    def round_budgets(self) -> tuple[int, ...]:
+        """The step's budget per allocation round: `allocation_rounds` per prompt x batch_size
+        for the first rounds ("2,4" -> 2 x 8, 4 x 8 with 8 prompts), the rest of the budget in
+        the last one; a single round without it. Each round after the first is a top-up told
+        what the step drew so far."""
+        if not self.allocation_rounds:
+            return (self.budget,)
+        parts = self.allocation_rounds.split(",")
+        if not all(p.strip().isdigit() and int(p) > 0 for p in parts) or len(parts) > 2:
+            raise ValueError(
+                f"allocation_rounds {self.allocation_rounds!r} must be one or two whole numbers "
+                '> 0 separated by "," (samples per prompt of the first rounds; the last round '
+                "takes the rest)"
+            )
+        first = [int(p) * self.batch_size for p in parts]
+        floor = self.effective_min_samples or 1
+        if first[0] < floor * self.batch_size:
+            raise ValueError(f"allocation_rounds: the first round needs >= {floor} per prompt")
+        if sum(first) >= self.budget:
+            raise ValueError(
+                f"allocation_rounds {self.allocation_rounds!r} x batch_size ({self.batch_size}) "
+                f"leaves nothing of the budget ({self.budget}) for the last round"
+            )
+        if self.mode != "online" or self.allocation == "gvm-paper":
+            raise ValueError("allocation_rounds needs online mode, and gvm, uniform or knapsack")
+        return (*first, self.budget - sum(first))
 
     @property
     def output_dir(self) -> Path:

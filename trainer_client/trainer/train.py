@@ -8,6 +8,9 @@ Reads top to bottom: set-up, then one loop whose phases are
     prompts -> (paper: pilot samples, report) -> allocation -> generate -> score
             -> gradient norms of accepted samples -> report -> update -> log/eval/checkpoint
 
+(with ``allocation_rounds``, allocation .. report repeat once per round: each round after the
+first asks for a top-up, telling the service what the step drew so far).
+
 Modes. ``online``: the statistics of the samples a step trains on are reported after it and feed
 the next step's allocation (no extra sampling). ``paper`` (the paper's Algorithm 2): each step
 first draws ``pilot_samples`` per prompt and reports them, then asks for the allocation of the
@@ -31,6 +34,7 @@ import shutil
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from functools import lru_cache
@@ -155,7 +159,9 @@ def make_generator(
 
 
 def sampling(config: TrainConfig, step: int, phase: int) -> SamplingConfig:
-    """Seeded per (step, phase): a resumed run draws what the first run would have."""
+    """Seeded per (step, phase): a resumed run draws what the first run would have. Phases:
+    0 the pilot, 1 the last allocation round, 2-3 earlier rounds (at most two: under 4, so no
+    two steps share a seed)."""
     return SamplingConfig(
         temperature=config.temperature,
         top_p=config.top_p,
@@ -206,6 +212,14 @@ def sample_and_score(
                 samples.completions.append(completion)
                 samples.rewards.append(score(problem, completion.text))
     return samples
+
+
+def drawn_so_far(samples: Samples, chosen: Sequence[int]) -> dict[str, list[int]]:
+    """A top-up's `drawn` and `drawn_accepted`: what each chosen prompt drew (and had
+    accepted) so far this step, all of it reported already."""
+    drawn = Counter(samples.prompt)
+    accepted = Counter(i for i, r in zip(samples.prompt, samples.rewards, strict=True) if r > 0.5)
+    return {"drawn": [drawn[i] for i in chosen], "drawn_accepted": [accepted[i] for i in chosen]}
 
 
 def to_batch(
@@ -589,7 +603,6 @@ def train(config: TrainConfig) -> dict[str, Any]:
                 prompt_ids = [train_ids[i] for i in batch_ix]
                 prompt_keys = [p.prompt_id for p in problems]
                 samples = Samples.empty()
-                budget = config.budget
                 pilot = 0
 
                 # 2. paper mode: a pilot of N' samples per prompt, reported before the allocation
@@ -605,42 +618,45 @@ def train(config: TrainConfig) -> dict[str, Any]:
                         client.report(run_id, step, found, report_id=f"{session}-{step}-pilot")
                     samples.extend(pilot_samples)
                     pilot = sum(counts)
-                    budget -= pilot
 
-                # 3. how many samples each prompt gets (pilot_filter: only the pilot's solved)
+                # 3-7, once per allocation round (allocation_rounds: the last takes the rest of
+                # the budget): how many samples each prompt gets (pilot_filter: only the pilot's
+                # solved; after the first round, or with pilot_as_drawn, a top-up told what the
+                # step drew so far), generate and score them, gradient norms, report
                 chosen = list(range(len(problems)))
                 if config.pilot_filter:
                     pilot_rows = zip(samples.prompt, samples.rewards, strict=True)
                     solved = sorted({i for i, reward in pilot_rows if reward > 0.5})
                     chosen = solved or chosen  # none solved: the whole batch, unfiltered
-                top_up: dict[str, list[int]] = {}
-                if config.pilot_as_drawn:  # the pilot counts toward each prompt's step total
-                    drawn, solved_count = [0] * len(problems), [0] * len(problems)
-                    for i, reward in zip(samples.prompt, samples.rewards, strict=True):
-                        drawn[i] += 1
-                        solved_count[i] += reward > 0.5
-                    top_up["drawn"] = [drawn[i] for i in chosen]
-                    top_up["drawn_accepted"] = [solved_count[i] for i in chosen]
-                with timed(times, "allocate"):
-                    keys = [prompt_keys[i] for i in chosen]
-                    allocation = client.allocate(run_id, keys, budget, step, **top_up)
+                keys = [prompt_keys[i] for i in chosen]
                 counts = [0] * len(problems)
-                for i, n in zip(chosen, allocation.counts, strict=True):
-                    counts[i] = n
-
-                # 4-5. generate n_i samples per prompt and score them
-                main = sample_and_score(
-                    generator, prompt_ids, problems, counts, sampling(config, step, 1), times
-                )
-
-                # 6-7. gradient norms of the accepted samples; report what this step saw
-                with timed(times, "grad_norms"):
-                    batch = to_batch(main, prompt_ids, tokenizer.pad_token_id, device)
-                    found = observations(main, problems, batch, model, config)
-                if found:
-                    with timed(times, "report"):
-                        client.report(run_id, step, found, report_id=f"{session}-{step}-main")
-                samples.extend(main)
+                rounds: list[int] = []  # samples allocated per round
+                fallback = False
+                for r, round_budget in enumerate(config.round_budgets):
+                    final = r == len(config.round_budgets) - 1
+                    if final:  # whatever the earlier rounds (and the pilot) left
+                        round_budget = config.budget - len(samples.rewards)
+                    top_up = drawn_so_far(samples, chosen) if r or config.pilot_as_drawn else {}
+                    with timed(times, "allocate"):
+                        allocation = client.allocate(run_id, keys, round_budget, step, **top_up)
+                    round_counts = [0] * len(problems)
+                    for i, n in zip(chosen, allocation.counts, strict=True):
+                        round_counts[i] = n
+                        counts[i] += n
+                    rounds.append(allocation.total)
+                    fallback |= allocation.fallback
+                    seeds = sampling(config, step, 1 if final else 2 + r)  # phase 0: the pilot
+                    fresh = sample_and_score(
+                        generator, prompt_ids, problems, round_counts, seeds, times
+                    )
+                    with timed(times, "grad_norms"):
+                        batch = to_batch(fresh, prompt_ids, tokenizer.pad_token_id, device)
+                        found = observations(fresh, problems, batch, model, config)
+                    if found:
+                        name = "main" if final else f"round{r + 1}"  # stable ids: idempotent
+                        with timed(times, "report"):
+                            client.report(run_id, step, found, report_id=f"{session}-{step}-{name}")
+                    samples.extend(fresh)
 
                 # 8. update the policy on the step's samples (pilot included), then the sampler
                 with timed(times, "update"):
@@ -674,12 +690,13 @@ def train(config: TrainConfig) -> dict[str, Any]:
                     "eval_accuracy": accuracy,
                     "train_eval_accuracy": train_accuracy,
                     "budget": config.budget,
-                    "allocated": allocation.total,
+                    "allocated": sum(rounds),
+                    "rounds": rounds,
                     "alloc_counts": counts,
                     **allocation_spread(counts),
                     "predicted_variance": allocation.predicted_variance,
                     "uniform_variance": allocation.uniform_variance,
-                    "fallback": allocation.fallback,
+                    "fallback": fallback,
                     "spooled": len(client.spool),
                     **logged,
                     **{f"time_{k}": round(v, 4) for k, v in times.items()},
