@@ -114,7 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (processes)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument(
-        "--resummarise", type=Path, default=None, help="redo the summary and plot of a results file"
+        "--resummarise",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="redo the summary and plot of a results file, with the runs of any others added "
+        "(more seeds of the same settings)",
     )
     return parser
 
@@ -408,7 +413,7 @@ def plot(payload: dict[str, Any], path: Path) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.resummarise:
-        return resummarise(args.resummarise)
+        return resummarise(*args.resummarise)
     if "uniform" not in args.arms:
         raise SystemExit("every comparison is with uniform: keep it in --arms")
     started = time.perf_counter()
@@ -446,10 +451,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def resummarise(path: Path) -> int:
-    """The summary, tables and plot of `path` again, from its runs (after a change here)."""
+def resummarise(path: Path, *more: Path) -> int:
+    """The summary, tables and plot of `path` again, from its runs and those of `more` (other
+    seeds, same settings otherwise); written to `path`."""
     payload = json.loads(path.read_text())
     settings = payload["settings"]
+    for other in map(json.loads, (m.read_text() for m in more)):
+        different = {k for k, v in other["settings"].items() if settings.get(k) != v}
+        if different - {"seeds", "name", "jobs", "resummarise"}:
+            raise SystemExit(f"settings differ: {sorted(different)}")
+        if set(other["settings"]["seeds"]) & set(settings["seeds"]):
+            raise SystemExit("the files share seeds")
+        settings["seeds"] += other["settings"]["seeds"]
+        payload["runs"] += other["runs"]
+        payload["seconds_total"] += other["seconds_total"]
     x = np.array(payload["x"])
     payload["summary"] = summarise(payload["runs"], settings["arms"], settings["seeds"], x)
     _write(path.parent, path.stem, payload)

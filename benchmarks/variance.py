@@ -31,7 +31,7 @@ explicit Monte Carlo on one batch.
 Top-ups (`topup_study`, u-shaped mix): every protocol at the same TOTAL of 16 samples per prompt
 per step, the pilot counted (and trained on): uniform; today's protocol (pilot 8, then 8 per
 prompt by gvm, the service not told what was drawn); gvm and knapsack with the pilot passed as
-`drawn`, in one shot (8 | 8), two rounds (4 | 6, 6) and three (2 | 4, 5, 5), every round
+`drawn`, in one shot (8 + 8), two rounds (4 + 6 + 6) and three (2 + 4 + 5 + 5), every round
 reported before the next is asked for; gvm-paper on the same schedules as repeated one-shot
 rounds (it has no `drawn`); the one-shot floor (pilot_information_bound, pilot counted) and the
 oracle. RAFT rows are scored on J with the true p and G; GRPO rows on the RLOO MSE given the
@@ -482,9 +482,9 @@ TOTAL_PER_PROMPT = 16  # the step's samples per prompt on average, every round's
 TOPUP_MIX = "u-shaped"
 TODAY = "today: pilot 8, then gvm without drawn"
 SCHEDULES = {  # samples per prompt: the pilot (the same for every prompt), then each top-up
-    "one-shot (8 | 8)": (8, 8),
-    "two rounds (4 | 6, 6)": (4, 6, 6),
-    "three rounds (2 | 4, 5, 5)": (2, 4, 5, 5),
+    "one-shot (8 + 8)": (8, 8),
+    "two rounds (4 + 6 + 6)": (4, 6, 6),
+    "three rounds (2 + 4 + 5 + 5)": (2, 4, 5, 5),
 }
 CHUNK = 256  # pre-drawn samples per prompt, extended on demand
 

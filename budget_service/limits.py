@@ -1,6 +1,6 @@
 """Checks that need the settings or span a report's fields, run after the schemas parse.
 
-the schemas stay static (its OpenAPI schema does not depend on settings); what a deployment
+The schemas stay static (their OpenAPI schema does not depend on settings); what a deployment
 configures (ids per request, id lengths) and the rules across an observation's fields are
 checked here, each failure an `InvalidRequestError` naming the field and the rule.
 """

@@ -174,6 +174,30 @@ def test_variance_table() -> None:
         assert f" | {cells} |" in text, (name, cells)
 
 
+def test_topup_table() -> None:
+    """One row per protocol: RAFT's J and GRPO's RLOO MSE, each to today's protocol and to the
+    oracle; a protocol measured on one side only has a dash on the other."""
+    text = subsection("Gradient variance")
+    topups = results("variance")["topups"]
+    raft, grpo = topups["raft"]["rows"], topups["grpo"]["rows"]
+    for name in dict.fromkeys([*raft, *grpo]):
+        cells = " | ".join(
+            f"{side[name]['to_today']:.3f} | {side[name]['to_oracle']:.3f}"
+            if name in side
+            else "- | -"
+            for side in (raft, grpo)
+        )
+        assert f"| {name} | {cells} |" in text, (name, cells)
+    for side, rows in (("raft", raft), ("grpo", grpo)):
+        best = topups[side]["best_topup"]
+        figures = f"`{best}`: {rows[best]['to_today']:.3f}x today's, "
+        assert f"{figures}{rows[best]['to_oracle']:.3f}x the oracle" in text, side
+    plain = raft["gvm, three rounds (2 + 4 + 5 + 5)"]
+    assert f"`gvm`, {plain['to_today']:.3f}x today's but {plain['to_oracle']:.3f}x the" in text
+    plain = grpo["gvm, two rounds (4 + 6 + 6)"]
+    assert f"on the same schedule is at {plain['to_today']:.3f}x" in text
+
+
 def test_grpo_figures() -> None:
     text = subsection("Gradient variance")
     grpo = results("variance")["grpo"]

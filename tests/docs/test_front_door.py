@@ -23,17 +23,17 @@ def verdict(met: bool) -> str:
 
 
 def table() -> dict[str, list[str]]:
-    """The results table as {first cell: [measured, verdict], ...}; a row with an empty first
-    cell continues the benchmark above it and is keyed `<benchmark> (2)`."""
+    """The results table as {first cell: [measured, verdict], ...}; rows with an empty first
+    cell continue the benchmark above them and are keyed `<benchmark> (2)`, `(3)`, ..."""
     text = README.read_text()
     block = text[text.index("<!-- results-table -->") :].split("\n\n", 1)[0]
     rows: dict[str, list[str]] = {}
-    last = ""
+    last, continued = "", 1
     for line in block.splitlines()[3:]:
         cells = [cell.strip() for cell in line.strip("|").split("|")]
-        key = cells[0] or f"{last} (2)"
+        continued = continued + 1 if not cells[0] else 1
         last = cells[0] or last
-        rows[key] = cells[2:]
+        rows[cells[0] or f"{last} ({continued})"] = cells[2:]
     return rows
 
 
@@ -43,6 +43,7 @@ def expected() -> dict[str, list[str]]:
     targets = speed["targets"]
     variance = results("variance")
     u_shaped = variance["raft"]["u-shaped"]["strategies"]["gvm"]
+    topup = variance["topups"]["raft"]["rows"][variance["topups"]["raft"]["best_topup"]]
     cpu = [
         method["speedup_of_batched"]
         for name in ("grad_norms", "grad_norms_2threads")
@@ -81,6 +82,14 @@ def expected() -> dict[str, list[str]]:
             f"{u_shaped['to_oracle']:.3f}x (no pilot-only allocation gets below "
             f"{variance['limits_u_shaped_to_oracle']['any_pilot_only_allocator_floor']:.3f}x)",
             verdict(variance["targets"]["gvm_to_oracle_u_shaped"]["met"]),
+        ],
+        "gradient variance, U-shaped difficulty (3)": [
+            f"{topup['to_today']:.3f}x, {topup['to_oracle']:.3f}x "
+            f"({variance['topups']['raft']['best_topup']})",
+            verdict(
+                variance["targets"]["best_topup_to_today_u_shaped"]["met"]
+                and variance["targets"]["best_topup_to_oracle_u_shaped"]["met"]
+            ),
         ],
         "gradient norms, 32 responses": [
             f"H100: {min(gpu):.1f}x; 2-core CPU: {min(cpu):.1f}x-{max(cpu):.1f}x",

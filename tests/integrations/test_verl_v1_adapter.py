@@ -82,7 +82,7 @@ def test_the_adapter_against_verl_0_9(service_url: str, tmp_path: Path) -> None:
     env |= {
         "GVM_TEST_SERVICE_URL": service_url,
         "HF_HOME": str(tmp_path / "hf"),
-        "PYTHONPATH": str(REPO / "tests"),  # readme.py (the docs' blocks), faultproxy.py
+        "PYTHONPATH": str(REPO / "tests"),  # support.readme (the docs' blocks), support.faultproxy
     }
     done = subprocess.run(
         [

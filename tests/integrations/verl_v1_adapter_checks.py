@@ -35,9 +35,9 @@ import pytest
 import torch
 import transfer_queue
 import verl
-from support.faultproxy import FaultProxy, parse_address
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf, open_dict
+from support.faultproxy import FaultProxy, parse_address
 from support.readme import marked_block
 from transfer_queue import KVBatchMeta
 

@@ -45,7 +45,7 @@ class TrainConfig:
     budget: int = 64  # samples per step, the pilot included in paper mode
     pilot_samples: int = 2  # paper mode: samples per prompt before the allocation (N')
     pilot_filter: bool = False  # paper mode: allocate only over the prompts the pilot solved
-    pilot_as_drawn: bool = False  # paper mode: the pilot is `drawn`, the allocation a top-up
+    pilot_as_drawn: bool = False  # paper mode: the pilot is sent as drawn, the allocation a top-up
     allocation_rounds: str = ""  # per-prompt samples of the first rounds ("2,4"), last: the rest
     lr: float = 1e-5  # AdamW learning rate (constant); ~1e-6 for models of 1B parameters
     weight_decay: float = 0.0  # AdamW weight decay

@@ -1,7 +1,7 @@
 """The verl adapter (trainer_client.integrations.verl).
 
 The framework-free parts run here. The adapter itself needs verl 0.7.1, which cannot share the
-main environment (it pins numpy<2), so the slow test runs tests/verl_adapter_checks.py inside
+main environment (it pins numpy<2), so the slow test runs tests/integrations/verl_adapter_checks.py inside
 .venv-verl (built by `bash .ci/verl-env`) against the live service. In CI a missing .venv-verl
 is a failure, not a skip.
 """
@@ -27,7 +27,7 @@ from budget_service.engine import (
 )
 from trainer_client.integrations._batch import copies_from_counts, observations_from_rows
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 VERL_PYTHON = REPO / ".venv-verl" / "bin" / "python"
 
 
@@ -154,7 +154,7 @@ def test_the_adapter_against_verl(service_url: str, tmp_path: Path) -> None:
     done = subprocess.run(
         [
             str(VERL_PYTHON), "-m", "pytest", "--noconftest", "-p", "no:cacheprovider",
-            "-q", "-rA", f"--basetemp={tmp_path / 'verl'}", "tests/verl_adapter_checks.py",
+            "-q", "-rA", f"--basetemp={tmp_path / 'verl'}", "tests/integrations/verl_adapter_checks.py",
         ],
         cwd=REPO,
         env=env,
