@@ -1,9 +1,9 @@
 """The verl adapter (trainer_client.integrations.verl).
 
 The framework-free parts run here. The adapter itself needs verl 0.7.1, which cannot share the
-main environment (it pins numpy<2), so the slow test runs tests/integrations/verl_adapter_checks.py inside
-.venv-verl (built by `bash .ci/verl-env`) against the live service. In CI a missing .venv-verl
-is a failure, not a skip.
+main environment (it pins numpy<2), so the slow test runs tests/integrations/verl_adapter_checks.py
+inside .venv-verl (built by `bash .ci/verl-env`) against the live service. In CI a missing
+.venv-verl is a failure, not a skip.
 """
 
 from __future__ import annotations
@@ -154,7 +154,8 @@ def test_the_adapter_against_verl(service_url: str, tmp_path: Path) -> None:
     done = subprocess.run(
         [
             str(VERL_PYTHON), "-m", "pytest", "--noconftest", "-p", "no:cacheprovider",
-            "-q", "-rA", f"--basetemp={tmp_path / 'verl'}", "tests/integrations/verl_adapter_checks.py",
+            "-q", "-rA", f"--basetemp={tmp_path / 'verl'}",
+            "tests/integrations/verl_adapter_checks.py",
         ],
         cwd=REPO,
         env=env,
