@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+from support import REPO
 from support.readme import DOCS, section
 
 from trainer_client.trainer.config import (
@@ -180,16 +181,14 @@ def test_vllm_knobs_and_training_evaluation_are_checked(
         TrainConfig.from_dict({"vllm_dtype": "fp8"})
 
 
-@pytest.mark.parametrize(
-    "path", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*"))
-)
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.toml")))
 def test_shipped_configs_are_valid(path: Path) -> None:
     config, _ = parse_args(["--config", str(path)])
     assert config.backend == "vllm"
 
 
 def test_the_paper_config_has_the_papers_setting() -> None:
-    path = Path(__file__).resolve().parents[1] / "configs" / "paper-qwen2.5-math-1.5b.toml"
+    path = REPO / "configs" / "paper-qwen2.5-math-1.5b.toml"
     config, _ = parse_args(["--config", str(path)])
     n = config.batch_size
     assert (n, config.pilot_samples, config.budget) == (1024, 8, 8 * n + 8 * n)  # N' = 8, N = 8n

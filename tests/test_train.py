@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import torch
-from test_client_faults import FaultProxy  # tests/ is on sys.path (pytest's prepend mode)
+from support.http_faults import HttpFaultProxy
 from transformers import AutoModelForCausalLM
 
 from trainer_client import BudgetClient
@@ -193,7 +193,7 @@ def test_bf16_autocast_trains_and_keeps_fp32_weights(
 def test_training_goes_on_through_an_outage(
     model_dir: Path, service_url: str, run_id: str, tmp_path: Path
 ) -> None:
-    proxy = FaultProxy(service_url)
+    proxy = HttpFaultProxy(service_url)
     proxy.start()
     # DELETE, PUT, step 0 (allocate, report) pass; all four attempts of step 1's allocate and of
     # its report fail; step 2 finds the service back and replays step 1's report first.

@@ -1,25 +1,21 @@
 """Retries, fallback and the spool against the live service, through a proxy that injects faults.
 
-``FaultProxy`` sits between the client and the real service (real Redis behind it) and, request
-by request, answers 503 itself, drops the connection before forwarding, or forwards and then
-drops the connection so the service has applied the request but the client never hears it.
-``stop()``/``start()`` take the service away entirely (connection refused) and bring it back.
+``HttpFaultProxy`` (tests/support/http_faults.py) sits between the client and the real service
+(real Redis behind it) and, request by request, answers 503 itself, drops the connection before
+forwarding, or forwards and then drops the connection so the service has applied the request but
+the client never hears it. ``stop()``/``start()`` take the service away entirely (connection
+refused) and bring it back.
 Every test checks the stored totals, so "applied exactly once" is measured, not assumed.
 """
 
-import http.client
-import socket
-import socketserver
 import subprocess
 import sys
 import textwrap
-import threading
-from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
+from support.http_faults import HttpFaultProxy
 
 from trainer_client import (
     AsyncBudgetClient,
@@ -36,85 +32,9 @@ OBS = [
 ]
 
 
-class _Server(socketserver.ThreadingTCPServer):
-    allow_reuse_address = True
-    daemon_threads = True
-
-
-class FaultProxy:
-    """Forwards one request per connection to ``upstream``, unless a queued fault says otherwise:
-    ``"503"``, ``"drop_before"`` (close without forwarding) or ``"drop_after"`` (forward, then
-    close without answering)."""
-
-    def __init__(self, upstream: str) -> None:
-        parts = urlsplit(upstream)
-        self.upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
-        self.faults: deque[str] = deque()
-        self.forwarded: list[str] = []  # "METHOD path" of each request that reached the service
-        self.port = 0
-        self._server: _Server | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        proxy = self
-
-        class Handler(socketserver.StreamRequestHandler):
-            def handle(self) -> None:
-                proxy._handle(self.rfile, self.connection)
-
-        self._server = _Server(("127.0.0.1", self.port), Handler)
-        self.port = self._server.server_address[1]
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        """Stop listening: connections are refused until ``start()``."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def _handle(self, rfile, connection: socket.socket) -> None:  # type: ignore[no-untyped-def]
-        request_line = rfile.readline().decode("latin-1").strip()
-        if not request_line:
-            return
-        method, target, _ = request_line.split(" ", 2)
-        headers: dict[str, str] = {}
-        while (line := rfile.readline().decode("latin-1").strip()) != "":
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        body = rfile.read(int(headers.get("content-length", "0")))
-        fault = self.faults.popleft() if self.faults else "pass"
-        if fault == "drop_before":
-            return  # the handler returns: the connection closes with no answer
-        if fault == "503":
-            connection.sendall(
-                b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 0\r\nContent-Length: 0\r\n"
-                b"Connection: close\r\n\r\n"
-            )
-            return
-        upstream = http.client.HTTPConnection(*self.upstream, timeout=10)
-        forwarded = {k: v for k, v in headers.items() if k not in ("host", "connection")}
-        upstream.request(method, target, body=body, headers=forwarded)
-        response = upstream.getresponse()
-        payload = response.read()
-        upstream.close()
-        self.forwarded.append(f"{method} {target}")
-        if fault == "drop_after":
-            return  # applied by the service; the client never hears about it
-        head = f"HTTP/1.1 {response.status} {response.reason}\r\n"
-        for name, value in response.getheaders():
-            if name.lower() not in ("connection", "transfer-encoding", "content-length"):
-                head += f"{name}: {value}\r\n"
-        head += f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n"
-        connection.sendall(head.encode("latin-1") + payload)
-
-
 @pytest.fixture
-def proxy(service_url: str) -> Iterator[FaultProxy]:
-    p = FaultProxy(service_url)
+def proxy(service_url: str) -> Iterator[HttpFaultProxy]:
+    p = HttpFaultProxy(service_url)
     p.start()
     yield p
     p.stop()
@@ -138,7 +58,7 @@ def assert_applied(direct: BudgetClient, run_id: str, times: int) -> None:
     assert (b.samples, b.accepted) == (4 * times, 0)
 
 
-def test_503s_are_retried(proxy: FaultProxy, direct: BudgetClient, run_id: str) -> None:
+def test_503s_are_retried(proxy: HttpFaultProxy, direct: BudgetClient, run_id: str) -> None:
     direct.put_run(run_id)
     proxy.faults.extend(["503", "503"])
     with BudgetClient(proxy.url, retry=FAST) as c:
@@ -150,7 +70,7 @@ def test_503s_are_retried(proxy: FaultProxy, direct: BudgetClient, run_id: str) 
 
 
 def test_an_answer_lost_after_the_service_applied_it(
-    proxy: FaultProxy, direct: BudgetClient, run_id: str
+    proxy: HttpFaultProxy, direct: BudgetClient, run_id: str
 ) -> None:
     direct.put_run(run_id)
     proxy.faults.extend(["drop_after", "drop_before"])
@@ -162,7 +82,7 @@ def test_an_answer_lost_after_the_service_applied_it(
 
 
 async def test_async_client_retries_through_the_same_faults(
-    proxy: FaultProxy, direct: BudgetClient, run_id: str
+    proxy: HttpFaultProxy, direct: BudgetClient, run_id: str
 ) -> None:
     direct.put_run(run_id)
     proxy.faults.extend(["503", "drop_after", "drop_before"])
@@ -174,7 +94,7 @@ async def test_async_client_retries_through_the_same_faults(
 
 
 def test_outage_falls_back_spools_and_replays_exactly_once(
-    proxy: FaultProxy, direct: BudgetClient, run_id: str, tmp_path: Path
+    proxy: HttpFaultProxy, direct: BudgetClient, run_id: str, tmp_path: Path
 ) -> None:
     spool = tmp_path / "reports.spool.jsonl"
     with BudgetClient(proxy.url, retry=FAST, spool_path=spool) as c:
@@ -208,7 +128,7 @@ def test_outage_falls_back_spools_and_replays_exactly_once(
 
 
 def test_the_spool_survives_a_killed_process(
-    proxy: FaultProxy, direct: BudgetClient, run_id: str, tmp_path: Path
+    proxy: HttpFaultProxy, direct: BudgetClient, run_id: str, tmp_path: Path
 ) -> None:
     direct.put_run(run_id)
     spool = tmp_path / "reports.spool.jsonl"
@@ -239,7 +159,7 @@ def test_the_spool_survives_a_killed_process(
 
 
 def test_replay_keeps_aside_what_the_service_rejects(
-    proxy: FaultProxy, direct: BudgetClient, run_id: str, tmp_path: Path
+    proxy: HttpFaultProxy, direct: BudgetClient, run_id: str, tmp_path: Path
 ) -> None:
     spool = tmp_path / "reports.spool.jsonl"
     direct.put_run(run_id)
