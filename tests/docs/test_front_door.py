@@ -57,6 +57,11 @@ def expected() -> dict[str, list[str]]:
     online = learning["gvm-online"]["samples_ratio_to_reach_uniform_final"]["median"]
     paper = learning["gvm-paper"]["samples_ratio_to_reach_uniform_final"]["median"]
     soak = results("soak")
+    failover = results("failover")
+    on, off = failover["modes"]["on"], failover["modes"]["off"]
+    windows = on["unavailability_window_s"]
+    chaos = results("chaos")
+    trl = results("trl_overhead")
     return {
         "service under load (8 clients, 1,024 prompts)": [
             f"{load['ratios']['allocate_p99_vs_floor']}x, "
@@ -110,6 +115,32 @@ def expected() -> dict[str, list[str]]:
         "soak, 16 trainers, 10 minutes": [
             f"exact over {soak['requests_total']:,} requests",
             verdict(soak["ledger_check"]["exact"] and not soak["error_answers"]),
+        ],
+        "Redis Cluster failover, 8 trainers, replica acknowledgement on": [
+            f"{len(on['kills'])} kills: {on['reports_lost']} of {on['reports_acknowledged']:,} "
+            f"acknowledged reports lost, {on['answers_other_than_200_503']} answers other than "
+            f"200/503, clients saw 503s for {min(windows):.1f}-{max(windows):.1f} s",
+            verdict(
+                len(on["kills"]) >= 5
+                and on["reports_lost"] == 0
+                and on["answers_other_than_200_503"] == 0
+            ),
+        ],
+        "Redis Cluster failover, 8 trainers, replica acknowledgement on (2)": [
+            f"{failover['p99_ratio_on_off']:.1f}x ({on['normal_report_p99_ms']:.0f} vs "
+            f"{off['normal_report_p99_ms']:.0f} ms)",
+            verdict(failover["p99_ratio_on_off"] <= 2),
+        ],
+        "chaos in a training run (service, Redis killed; Redis paused)": [
+            f"exact in {sum(run['exact'] for run in chaos['runs'])} of {len(chaos['runs'])} runs",
+            verdict(chaos["all_exact"] and len(chaos["runs"]) >= 3),
+        ],
+        "TRL GVMGRPOTrainer, service round trips": [
+            f"{trl['round_trips_per_step_ms']:.1f} ms a step: "
+            f"{100 * trl['share_of_tiny_step']:.2f}% of a tiny CPU step, "
+            f"{100 * trl['gpu_step']['share']:.3f}% of an assumed "
+            f"{trl['gpu_step']['assumed_step_s']:.0f} s GPU step",
+            verdict(trl["gpu_step"]["target_met"]),
         ],
     }
 
