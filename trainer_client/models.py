@@ -28,7 +28,7 @@ __all__ = [
 
 Strategy = Literal["gvm", "gvm-paper", "uniform", "knapsack"]
 
-# The service's bounds on an observation (tests/cases.py runs one table against both).
+# The service's bounds on an observation (tests/support/cases.py runs one table against both).
 MAX_SAMPLES_PER_OBSERVATION = 1_000_000_000
 MAX_GRAD_NORM = 1e15
 GradNorm = Annotated[float, Field(ge=0, le=MAX_GRAD_NORM, allow_inf_nan=False)]

@@ -323,7 +323,7 @@ def fit_prior_strength(samples: F64, accepted: F64) -> float | None:
 # resolve the cost's peak (about one logit unit wide). Beyond either grid the tails are
 # integrated in closed form as exponentials carrying the edge's cost (at +-_EDGE the cost is
 # flat to many digits). Checked against closed forms and a dense reference in
-# tests/test_estimates.py.
+# tests/engine/test_estimates.py.
 _NODES = 65
 _SPAN = 6.0
 _Z = np.linspace(-_SPAN, _SPAN, _NODES)

@@ -11,7 +11,7 @@ reproduced to the integer.
 
 Bounds and exploration do not apply. If every ratio is 0 (the published code divides by zero)
 the budget is split evenly. Each step does the published code's floating-point operations in
-its order, so the integers are the same (tests/test_allocation_paper.py checks them against a
+its order, so the integers are the same (tests/engine/test_allocation_paper.py checks them against a
 plain loop, benchmarks/published_rule.py).
 """
 

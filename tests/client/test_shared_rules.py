@@ -1,6 +1,7 @@
-"""One table, two sides: every bad observation in tests/cases.py is refused by the live service
-(422 naming the field and the rule) and by the client's models (the same field and rule) before
-it can reach the spool; every uniform split gives the client's fallback the service's integers."""
+"""One table, two sides: every bad observation in tests/support/cases.py is refused by the live
+service (422 naming the field and the rule) and by the client's models (the same field and rule)
+before it can reach the spool; every uniform split gives the client's fallback the service's
+integers."""
 
 from __future__ import annotations
 

@@ -67,3 +67,14 @@ def test_the_anchor_rule_matches_github(tmp_path: Path) -> None:
         "external-redis-redis-cluster-several-replicas",
         "the-papers-gpu-run",
     }
+
+
+def test_every_test_file_the_pages_name_exists() -> None:
+    """Pages point readers at tests (`pytest tests/service/test_fuzz.py`): those files exist."""
+    missing = [
+        f"{page.relative_to(REPO)}: {name}"
+        for page in pages()
+        for name in re.findall(r"(?<![\w/.])(tests/[\w/]+\.py)", page.read_text())
+        if not (REPO / name).is_file()
+    ]
+    assert not missing, missing

@@ -2,7 +2,7 @@
 
 The curl, Python and Node blocks make the same three calls; each runs against the live service
 (only the URL and run id are swapped in) and must print the allocation on its `-> ` line. The
-verl block is checked by tests/verl_adapter_checks.py (inside .venv-verl).
+verl block is checked by tests/integrations/verl_adapter_checks.py (inside .venv-verl).
 """
 
 from __future__ import annotations

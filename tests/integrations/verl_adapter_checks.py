@@ -1,7 +1,7 @@
 """The verl adapter against verl's real objects; runs INSIDE .venv-verl (verl 0.7.1).
 
 Not collected by the main test run (the name does not start with ``test_``): it needs verl,
-which the main environment cannot install. ``tests/test_verl_adapter.py`` runs it with
+which the main environment cannot install. ``tests/integrations/test_verl_adapter.py`` runs it with
 ``.venv-verl/bin/python -m pytest --noconftest`` and ``GVM_TEST_SERVICE_URL`` pointing at a live
 service on a real Redis.
 
@@ -54,7 +54,7 @@ BATCH = 4  # data.train_batch_size
 SOLVED = [2, 4, 0, 2, 1, 4, 3, 0]
 
 pytestmark = [
-    pytest.mark.skipif(not SERVICE, reason="run by tests/test_verl_adapter.py"),
+    pytest.mark.skipif(not SERVICE, reason="run by tests/integrations/test_verl_adapter.py"),
     # torchdata 0.11's StatefulDataLoader calls torch.set_vital, deprecated in torch 2.13.
     pytest.mark.filterwarnings("ignore:'set_vital' is deprecated:UserWarning"),
 ]

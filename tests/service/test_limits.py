@@ -52,7 +52,9 @@ def _post_slowly(
 def test_a_slow_body_is_a_408_after_the_body_timeout(
     start_service: Callable[..., ServiceProcess], run_id: str
 ) -> None:
-    service = start_service(GVM_BODY_TIMEOUT_S=str(TIMEOUT_S))
+    # After the 408 the server closes the half-read connection once its keep-alive runs out
+    # (uvicorn's 5 s by default): 1 s here, so the test reads the close without waiting.
+    service = start_service(GVM_BODY_TIMEOUT_S=str(TIMEOUT_S), UVICORN_TIMEOUT_KEEP_ALIVE="1")
     report = {"report_id": "r", "step": 0, "observations": [{"prompt_id": "a", "samples": 1,
               "accepted": 1}]}  # fmt: skip
     path = f"/v1/runs/{run_id}/observations"

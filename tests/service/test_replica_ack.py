@@ -30,7 +30,8 @@ def _report(report_id: str, samples: int) -> dict[str, object]:
 @pytest.fixture
 def pair(local_redis_factory: Callable[..., LocalRedis]) -> tuple[LocalRedis, LocalRedis]:
     """A primary and a replica that has finished its first sync."""
-    primary = local_redis_factory()
+    # No diskless-sync delay: Redis otherwise waits 5 s for more replicas before the first sync.
+    primary = local_redis_factory(extra_args=("--repl-diskless-sync-delay", "0"))
     replica = local_redis_factory(extra_args=("--replicaof", "127.0.0.1", str(primary.port)))
     with redis.Redis.from_url(replica.url) as client:
         deadline = time.monotonic() + 15

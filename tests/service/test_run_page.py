@@ -107,6 +107,7 @@ def test_run_page_draws_the_run_and_follows_it(
     with httpx.Client(base_url=service_url, timeout=30) as client, loopback_page() as browsing:
         allocations = train(client, run_id, steps=4)
         page = browsing.page
+        page.clock.install()  # the page polls on a timer: the test moves its clock, not waits
         # The front page's form leads to the run page.
         page.goto(f"{service_url}/")
         page.fill("input[name=run_id]", run_id)
@@ -117,6 +118,7 @@ def test_run_page_draws_the_run_and_follows_it(
 
         # Training goes on: the open page picks up the next step by itself.
         allocations.append(train_step(client, run_id, 5, np.random.default_rng(5)))
+        page.clock.fast_forward(60_000)  # a minute on: longer than any poll interval
         assert_shows(page, allocations, client.get(f"/v1/runs/{run_id}").json())
     assert browsing.blocked == []  # no CDN: everything came from the service
     assert browsing.errors == []

@@ -1,7 +1,7 @@
 """docker-compose.yml and the Dockerfile read as data: the compose file with its `${VAR:-default}`
 values resolved (the rule Compose applies), the Dockerfile's stages; shared by
-tests/service/test_compose.py (the invariants) and tests/test_topology.py (the same commands run
-as processes)."""
+tests/service/test_compose.py (the invariants) and tests/service/test_topology.py (the same
+commands run as processes)."""
 
 from __future__ import annotations
 

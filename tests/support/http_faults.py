@@ -55,7 +55,9 @@ class HttpFaultProxy:
 
         self._server = _Server(("127.0.0.1", self.port), Handler)
         self.port = self._server.server_address[1]
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        # stop() waits for serve_forever's next poll: 50 ms, not the default 0.5 s per stop.
+        poll = {"poll_interval": 0.05}
+        threading.Thread(target=self._server.serve_forever, kwargs=poll, daemon=True).start()
 
     def stop(self) -> None:
         """Stop listening: connections are refused until ``start()``."""

@@ -20,7 +20,7 @@ from trainer_client.trainer.tasks import (
 )
 from trainer_client.trainer.tiny import build_tokenizer
 
-FIXTURE = Path(__file__).parent / "fixtures" / "math500_subset.jsonl"
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "math500_subset.jsonl"
 
 
 @pytest.fixture(scope="module")
