@@ -44,7 +44,6 @@ from budget_service.engine.params import (
     AllocationParams,
     AllocationPlan,
     InfeasibleBudgetError,
-    InvalidStatisticsError,
     Reason,
 )
 from budget_service.engine.solver import cost_scale, even_split, solve
@@ -71,7 +70,7 @@ def allocate(
         raise InfeasibleBudgetError(
             "the batch is empty: no prompts to allocate to", field="prompts"
         )
-    _validate(estimates)
+    estimates.validate()
     d, k = _drawn(drawn, drawn_accepted, estimates.p_hat.size)
     if params.strategy == "gvm-paper":
         if d is not None:
@@ -185,31 +184,6 @@ def _plugin_cost(estimates: Estimates, params: AllocationParams) -> F64:
     if params.algo == "grpo":
         return np.square(estimates.g_hat) * estimates.p_hat * (1.0 - estimates.p_hat)
     return regularised_cost(estimates.p_hat, estimates.g_hat, params.alpha, params.beta)
-
-
-def _validate(estimates: Estimates) -> None:
-    fields: list[tuple[str, F64 | None, float, float]] = [
-        ("p_hat", estimates.p_hat, 0.0, 1.0),
-        ("g_hat", estimates.g_hat, 0.0, math.inf),
-        ("expected_cost", estimates.expected_cost, 0.0, math.inf),
-    ]
-    m = estimates.p_hat.shape
-    for name, values, low, high in fields:
-        if values is None:
-            continue
-        if values.shape != m:
-            raise InvalidStatisticsError(
-                f"{name} has shape {values.shape}, p_hat has {m}", field=name
-            )
-        lo, hi = float(values.min()), float(values.max())
-        if low <= lo and hi <= high and math.isfinite(hi):  # NaN fails every comparison
-            continue
-        bad = ~(np.isfinite(values) & (values >= low) & (values <= high))
-        i = int(np.argmax(bad))
-        raise InvalidStatisticsError(
-            f"{name}[{i}] = {float(values[i])!r} is not a finite number in [{low}, {high}]",
-            field=name,
-        )
 
 
 def _bounds(

@@ -134,6 +134,32 @@ class Estimates:
     def explore_mask(self) -> NDArray[np.bool_]:
         return self.explore if self.explore is not None else self.p_hat == 0
 
+    def validate(self) -> None:
+        """InvalidStatisticsError naming the first bad value: p_hat in [0, 1], g_hat and
+        expected_cost finite and >= 0, every array p_hat's shape."""
+        fields: list[tuple[str, F64 | None, float, float]] = [
+            ("p_hat", self.p_hat, 0.0, 1.0),
+            ("g_hat", self.g_hat, 0.0, math.inf),
+            ("expected_cost", self.expected_cost, 0.0, math.inf),
+        ]
+        m = self.p_hat.shape
+        for name, values, low, high in fields:
+            if values is None:
+                continue
+            if values.shape != m:
+                raise InvalidStatisticsError(
+                    f"{name} has shape {values.shape}, p_hat has {m}", field=name
+                )
+            lo, hi = float(values.min()), float(values.max())
+            if low <= lo and hi <= high and math.isfinite(hi):  # NaN fails every comparison
+                continue
+            bad = ~(np.isfinite(values) & (values >= low) & (values <= high))
+            i = int(np.argmax(bad))
+            raise InvalidStatisticsError(
+                f"{name}[{i}] = {float(values[i])!r} is not a finite number in [{low}, {high}]",
+                field=name,
+            )
+
 
 def decay_factor(
     elapsed_steps: float | NDArray[np.number], half_life_steps: float | None

@@ -79,6 +79,10 @@ def expected() -> dict[str, list[str]]:
                 and targets["gvm_paper_speedup_1e6_paired"]["met"]
             ),
         ],
+        "allocation speed, 10^6 prompts (2)": [
+            f"{targets['gvm_drawn_ms_1e6_wall']['value']:.0f} ms",
+            verdict(targets["gvm_drawn_ms_1e6_wall"]["met"]),
+        ],
         "gradient variance, U-shaped difficulty": [
             f"{u_shaped['to_uniform']:.3f}x",
             verdict(variance["targets"]["gvm_to_uniform_u_shaped"]["met"]),

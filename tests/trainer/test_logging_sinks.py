@@ -1,17 +1,27 @@
 """``report_to``: a short real training run of the warm tiny model against the live service,
-its TensorBoard event files read back with TensorBoard's own reader."""
+its TensorBoard event files read back with TensorBoard's own reader, its offline W&B run decoded
+from the ``.wandb`` file."""
 
 import json
 import shutil
+import struct
 import sys
+import zlib
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from wandb.proto import wandb_internal_pb2
 
 from trainer_client.trainer.config import TrainConfig
-from trainer_client.trainer.logging_sinks import HISTOGRAM, VARIANCE_RATIO, open_sink
+from trainer_client.trainer.logging_sinks import (
+    HISTOGRAM,
+    VARIANCE_RATIO,
+    open_sink,
+    step_values,
+)
 from trainer_client.trainer.train import CHECKPOINT, METRICS_FILE, train
 from trainer_client.trainer.warmup import warm_up
 
@@ -114,3 +124,70 @@ def test_wandb_without_the_package_says_what_to_install(
     monkeypatch.setitem(sys.modules, "wandb", None)  # what `import wandb` meets when absent
     with pytest.raises(RuntimeError, match=r"pip install wandb.*WANDB_MODE=offline"):
         open_sink(config("http://unused", tmp_path, report_to="wandb"))
+
+
+def read_wandb(path: Path) -> list[wandb_internal_pb2.Record]:
+    """The records of a ``.wandb`` file. wandb ships no Python reader for it (``wandb sync`` and the
+    server read it in Go): it is LevelDB's log format, blocks of 32 KiB after a 7-byte header, each
+    chunk a CRC32, a length and a type (1 whole, 2 first, 3 middle, 4 last)."""
+    data = path.read_bytes()
+    assert data[:7] == struct.pack("<4sHB", b":W&B", 0xBEE1, 0)
+    records, chunks, pos = [], b"", 7
+    while pos + 7 <= len(data):
+        if 32768 - pos % 32768 < 7:  # a block's zero-filled tail
+            pos += 32768 - pos % 32768
+            continue
+        crc, size, kind = struct.unpack_from("<IHB", data, pos)
+        if kind == 0:
+            break
+        chunk = data[pos + 7 : pos + 7 + size]
+        assert zlib.crc32(bytes([kind]) + chunk) == crc
+        chunks, pos = chunks + chunk, pos + 7 + size
+        if kind in (1, 4):
+            records.append(wandb_internal_pb2.Record.FromString(chunks))
+            chunks = b""
+    return records
+
+
+def test_wandb_offline_run_holds_every_step(
+    service_url: str, tmp_path: Path, run_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in {"MODE": "offline", "SILENT": "true", "CONSOLE": "off"}.items():
+        monkeypatch.setenv(f"WANDB_{name}", value)
+    for name in ("DIR", "CONFIG_DIR", "CACHE_DIR", "DATA_DIR"):  # nothing lands in $HOME
+        monkeypatch.setenv(f"WANDB_{name}", str(tmp_path / "wandb-home"))
+    out = tmp_path / "out"
+    train(config(service_url, out, run_id=run_id, report_to="wandb"))
+    records = [json.loads(line) for line in (out / METRICS_FILE).read_text().splitlines()]
+    [run_file] = (out / "wandb").glob("offline-run-*/run-*.wandb")
+    logged = read_wandb(run_file)
+
+    [run] = [r.run for r in logged if r.HasField("run")]
+    config_keys = {item.key: json.loads(item.value_json) for item in run.config.update}
+    assert config_keys["report_to"] == "wandb"
+    assert config_keys["run_id"] == run_id
+    assert "api_token" not in config_keys
+    assert b"secret-token" not in run_file.read_bytes()
+
+    rows: dict[int, dict[str, Any]] = {}
+    for record in logged:
+        if record.HasField("history"):
+            row: dict[str, Any] = {}
+            for item in record.history.item:
+                *parents, leaf = item.nested_key or [item.key]
+                node = row
+                for parent in parents:
+                    node = node.setdefault(parent, {})
+                node[leaf] = json.loads(item.value_json)
+            rows[row["_step"]] = row
+    assert sorted(rows) == [r["step"] for r in records] == [0, 1, 2]
+    for record in records:
+        row = rows[record["step"]]
+        assert {k: row[k] for k in step_values(record)} == pytest.approx(step_values(record))
+        counts, histogram = record["alloc_counts"], row[HISTOGRAM]
+        assert histogram["_type"] == "histogram"
+        values, bins = np.histogram(counts, bins=len(histogram["values"]))  # what wandb bins
+        assert histogram["values"] == values.tolist()
+        assert histogram["bins"] == pytest.approx(bins.tolist())
+    assert sorted(step for step, row in rows.items() if "eval/accuracy" in row) == [1, 2]
+    assert VARIANCE_RATIO in rows[2]
