@@ -10,6 +10,7 @@ tests/docs/test_front_door.py.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -215,3 +216,49 @@ def test_grpo_figures() -> None:
         assert f"**{u_shaped[name]:.3f} / {uniform[name]:.3f}**" in text, name
     true = "bound: algo=grpo with true p and G"
     assert f"`G`: {u_shaped[true]:.3f} / {uniform[true]:.3f})" in text
+
+
+def failover_table() -> str:
+    """docs/deployment.md's failover table, rebuilt from benchmarks/results/failover.json."""
+    run = results("failover")
+    off, on = run["modes"]["off"], run["modes"]["on"]
+
+    def both(fn: Callable[[dict[str, Any]], str]) -> str:
+        return f"| {fn(off)} | {fn(on)} |"
+
+    def seconds(values: list[float]) -> str:
+        return ", ".join(f"{v:.1f}" for v in values)
+
+    def promoted(mode: dict[str, Any]) -> str:
+        times = [kill["promoted_after_s"] for kill in mode["kills"]]
+        return f"{min(times):.1f}-{max(times):.1f}"
+
+    rows = [
+        "| | ack off | ack on (`N=1`, timeout 0.5 s) |",
+        "|---|---|---|",
+        "| kills " + both(lambda m: str(len(m["kills"]))),
+        "| reports acknowledged " + both(lambda m: f"{m['reports_acknowledged']:,}"),
+        "| acknowledged reports lost " + both(lambda m: str(m["reports_lost"])),
+        "| stored samples = acknowledged samples "
+        + both(
+            lambda m: (
+                ("yes" if m["samples_stored"] == m["samples_acknowledged"] else "no")
+                + f" ({m['samples_stored']:,})"
+            )
+        ),
+        "| answers other than 200/503 " + both(lambda m: str(m["answers_other_than_200_503"])),
+        "| 503 answers " + both(lambda m: f"{m['answers_503']:,}"),
+        "| window with non-200 answers after a kill (s) "
+        + both(lambda m: seconds(m["unavailability_window_s"])),
+        "| promotion after the kill (s) " + both(promoted),
+        "| report latency p50 / p99 before any kill (ms) "
+        + both(lambda m: f"{m['normal_report_p50_ms']:.1f} / {m['normal_report_p99_ms']:.1f}"),
+    ]
+    return "\n".join(rows)
+
+
+def test_failover_table() -> None:
+    text = section(DOCS / "deployment.md", "Failover and acknowledgement")
+    assert failover_table() in text, failover_table()
+    ratio = results("failover")["p99_ratio_on_off"]
+    assert f"p99 ratio on/off: {ratio:.2f}x" in text
