@@ -187,7 +187,7 @@ def samples_to_reach(xs: Sequence[float], ys: Sequence[float], target: float) ->
 
 def spending(out_dir: Path, config: Any) -> dict[str, Any]:
     """Share of generated samples, and acceptance, by difficulty level over the whole run."""
-    from trainer_client.trainer.train import batch_indices, load_problems
+    from trainer_client.trainer.prompts import batch_indices, load_problems
 
     train_set, _ = load_problems(config)
     records = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]

@@ -204,14 +204,10 @@ def pass_rates(config: Any) -> dict[str, Any]:
     the training pool and the held-out set (the regime's basis; never a run's outcome)."""
     import torch
 
+    from trainer_client.trainer.evaluation import answer_probability
+    from trainer_client.trainer.policy import load_policy, load_tokenizer, model_folder
+    from trainer_client.trainer.prompts import load_problems
     from trainer_client.trainer.tasks import encode_prompts
-    from trainer_client.trainer.train import (
-        answer_probability,
-        load_policy,
-        load_problems,
-        load_tokenizer,
-        model_folder,
-    )
 
     folder = model_folder(config)
     model, tokenizer = load_policy(folder, config, torch.device("cpu")), load_tokenizer(folder)

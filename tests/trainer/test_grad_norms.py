@@ -16,8 +16,8 @@ from trainer_client.trainer.grad_norms import (
     length_groups,
 )
 from trainer_client.trainer.losses import Batch, PaddingSide, collate
+from trainer_client.trainer.policy import autocast
 from trainer_client.trainer.tiny import build_tiny, load_tiny
-from trainer_client.trainer.train import autocast
 
 RTOL = 1e-4
 

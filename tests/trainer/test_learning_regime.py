@@ -15,15 +15,11 @@ import torch
 
 from trainer_client import BudgetClient
 from trainer_client.trainer.config import TrainConfig
+from trainer_client.trainer.evaluation import answer_probability
+from trainer_client.trainer.policy import load_policy, load_tokenizer
+from trainer_client.trainer.prompts import batch_indices, load_problems
 from trainer_client.trainer.tasks import encode_prompts
-from trainer_client.trainer.train import (
-    answer_probability,
-    batch_indices,
-    load_policy,
-    load_problems,
-    load_tokenizer,
-    train,
-)
+from trainer_client.trainer.train import train
 from trainer_client.trainer.warmup import warm_up
 
 ROOT = Path(__file__).resolve().parents[2]

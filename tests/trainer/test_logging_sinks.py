@@ -22,7 +22,8 @@ from trainer_client.trainer.logging_sinks import (
     open_sink,
     step_values,
 )
-from trainer_client.trainer.train import CHECKPOINT, METRICS_FILE, train
+from trainer_client.trainer.train import METRICS_FILE, train
+from trainer_client.trainer.trainer_state import CHECKPOINT
 from trainer_client.trainer.warmup import warm_up
 
 

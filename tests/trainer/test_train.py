@@ -19,21 +19,13 @@ from transformers import AutoModelForCausalLM
 from trainer_client import BudgetClient
 from trainer_client.trainer.config import TrainConfig
 from trainer_client.trainer.generation import Completion
+from trainer_client.trainer.policy import load_policy, load_tokenizer
+from trainer_client.trainer.prompts import batch_indices, load_problems
+from trainer_client.trainer.samples import Samples, to_batch
 from trainer_client.trainer.tiny import build_tiny, load_tiny
-from trainer_client.trainer.train import (
-    CHECKPOINT,
-    METRICS_FILE,
-    Samples,
-    batch_indices,
-    load_policy,
-    load_problems,
-    load_tokenizer,
-    main,
-    minibatches,
-    to_batch,
-    train,
-    update,
-)
+from trainer_client.trainer.train import METRICS_FILE, main, train
+from trainer_client.trainer.trainer_state import CHECKPOINT
+from trainer_client.trainer.update import minibatches, update
 from trainer_client.trainer.warmup import warm_up
 
 

@@ -365,7 +365,7 @@ def test_config_knobs_reach_the_engine_arguments(
     import vllm.platforms
 
     from trainer_client.trainer.config import TrainConfig
-    from trainer_client.trainer.train import make_generator
+    from trainer_client.trainer.policy import make_generator
 
     monkeypatch.setattr(vllm, "LLM", _record_engine_arguments)
     monkeypatch.setattr(VLLMGenerator, "_in_process", weakref.WeakSet())  # the module's engine

@@ -30,132 +30,48 @@ import dataclasses
 import json
 import os
 import random
-import shutil
 import sys
 import time
 import uuid
-from collections import Counter
 from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
-from functools import lru_cache
-from pathlib import Path
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import torch
 from tqdm import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import AutoModelForCausalLM
 
-from trainer_client import BudgetClient, NotFoundError, Observation, RunConfig, UnavailableError
-from trainer_client.trainer.checkpoints import resolve_model
+from trainer_client import BudgetClient, NotFoundError, RunConfig, UnavailableError
 from trainer_client.trainer.config import TrainConfig, format_overrides, parse_args
-from trainer_client.trainer.generation import Completion, Generator, HFGenerator, SamplingConfig
-from trainer_client.trainer.grad_norms import grad_norms
+from trainer_client.trainer.evaluation import answer_probability, evaluate
+from trainer_client.trainer.generation import Generator, SamplingConfig
 from trainer_client.trainer.logging_sinks import open_sink
-from trainer_client.trainer.losses import (
-    Batch,
-    LossOutput,
-    collate,
-    grpo_loss,
-    raft_loss,
-    sequence_logprobs,
+from trainer_client.trainer.policy import (
+    autocast,
+    load_policy,
+    load_tokenizer,
+    make_generator,
+    model_folder,
+    resolve_device,
 )
+from trainer_client.trainer.prompts import batch_indices, load_problems
 from trainer_client.trainer.rewards import score
-from trainer_client.trainer.tasks import Problem, arithmetic_problems, encode_prompts, load_math
-from trainer_client.trainer.warmup import warm_up
+from trainer_client.trainer.samples import Samples, drawn_so_far, observations, to_batch
+from trainer_client.trainer.tasks import Problem, encode_prompts
+from trainer_client.trainer.trainer_state import (
+    CHECKPOINT,
+    keep_metrics_before,
+    load_state,
+    restore_rng,
+    save_checkpoint,
+)
+from trainer_client.trainer.update import update
 
-CHECKPOINT = "checkpoint"
-STATE_FILE = "trainer_state.pt"
 METRICS_FILE = "metrics.jsonl"
 SPOOL_FILE = "reports.spool.jsonl"
-EVAL_SEED = 1  # the held-out set is drawn with its own seed and excludes the training prompts
-
-
-@dataclasses.dataclass
-class Samples:
-    """Responses of one phase of one step, flat: row r belongs to prompt ``prompt[r]``."""
-
-    prompt: list[int]  # index into the step's prompt batch
-    completions: list[Completion]
-    rewards: list[float]
-
-    @classmethod
-    def empty(cls) -> Samples:
-        return cls([], [], [])
-
-    def extend(self, other: Samples) -> None:
-        self.prompt += other.prompt
-        self.completions += other.completions
-        self.rewards += other.rewards
 
 
 # -- set-up helpers (everything the loop needs, built once) -------------------------------------
-
-
-def load_problems(config: TrainConfig) -> tuple[list[Problem], list[Problem]]:
-    """The training pool and the fixed held-out set (the same for every seed of a config)."""
-    if config.task == "arithmetic":
-        levels = config.level_cycle
-        train = arithmetic_problems(config.train_prompts, seed=config.data_seed, levels=levels)
-        held_out = arithmetic_problems(
-            config.eval_prompts, seed=EVAL_SEED, levels=levels, exclude=[p.prompt_id for p in train]
-        )
-        return train, held_out
-    problems = load_math(config.data)
-    random.Random(config.data_seed).shuffle(problems)
-    if len(problems) < config.eval_prompts + config.batch_size:
-        raise ValueError(f"{config.data} has {len(problems)} problems: too few for this config")
-    held_out = problems[: config.eval_prompts]
-    return problems[config.eval_prompts :][: config.train_prompts], held_out
-
-
-def batch_indices(step: int, config: TrainConfig, pool: int) -> list[int]:
-    """The prompts of ``step``: epochs of seeded permutations, whole batches only (so the ids
-    of a batch are distinct), derived from the step alone so a resumed run picks the same."""
-    per_epoch = pool // config.batch_size
-    epoch, index = divmod(step, per_epoch)
-    order = _permutation(pool, config.seed, epoch)
-    return list(order[index * config.batch_size : (index + 1) * config.batch_size])
-
-
-@lru_cache(maxsize=4)
-def _permutation(pool: int, seed: int, epoch: int) -> tuple[int, ...]:
-    order = list(range(pool))
-    random.Random(f"{seed}/{epoch}").shuffle(order)
-    return tuple(order)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def model_folder(config: TrainConfig) -> Path:
-    """The model to start from: ``--model``, or the tiny model after its supervised warm-up."""
-    cache = config.cache_dir or None
-    if config.model:
-        return resolve_model(config.model, cache_dir=cache)
-    print("model: the tiny model after its supervised warm-up (built on first use, then cached)")
-    return warm_up(cache, progress=True)
-
-
-def make_generator(
-    config: TrainConfig, model: PreTrainedModel, tokenizer: Any, folder: Path
-) -> Generator:
-    if config.backend == "vllm":
-        from trainer_client.trainer.vllm_backend import VLLMGenerator  # vllm only when chosen
-
-        generator: Generator = VLLMGenerator(
-            folder,
-            dtype=config.vllm_dtype,
-            gpu_memory_utilization=config.gpu_memory_utilization,
-            tensor_parallel_size=config.tensor_parallel_size,
-            max_model_len=config.max_model_len,
-            seed=config.seed,
-        )
-        generator.load_weights(model)  # a resumed policy may differ from the folder's weights
-        return generator
-    return HFGenerator(model, tokenizer)
 
 
 def sampling(config: TrainConfig, step: int, phase: int) -> SamplingConfig:
@@ -214,297 +130,13 @@ def sample_and_score(
     return samples
 
 
-def drawn_so_far(samples: Samples, chosen: Sequence[int]) -> dict[str, list[int]]:
-    """A top-up's `drawn` and `drawn_accepted`: what each chosen prompt drew (and had
-    accepted) so far this step, all of it reported already."""
-    drawn = Counter(samples.prompt)
-    accepted = Counter(i for i, r in zip(samples.prompt, samples.rewards, strict=True) if r > 0.5)
-    return {"drawn": [drawn[i] for i in chosen], "drawn_accepted": [accepted[i] for i in chosen]}
-
-
-def to_batch(
-    samples: Samples, prompt_ids: Sequence[Sequence[int]], pad_id: int, device: torch.device
-) -> Batch:
-    prompts = [prompt_ids[i] for i in samples.prompt]
-    responses = [c.token_ids for c in samples.completions]
-    return collate(prompts, responses, pad_id, device=device)
-
-
-def observations(
-    samples: Samples, problems: Sequence[Problem], batch: Batch, model: Any, config: TrainConfig
-) -> list[Observation]:
-    """Per prompt: samples drawn, accepted, the accepted samples' gradient norms and, with
-    `report_rejected_norms`, the rejected samples' too (one batched pass either way)."""
-    accepted = [reward > 0.5 for reward in samples.rewards]
-    rows = [r for r, ok in enumerate(accepted) if ok or config.report_rejected_norms]
-    norms = (
-        grad_norms(
-            model,
-            batch.select(rows),
-            target=config.grad_norm_target,
-            micro_batch_size=config.micro_batch_size,
-        ).tolist()
-        if rows
-        else []
-    )
-    per_prompt: dict[tuple[int, bool], list[float]] = {}
-    for row, norm in zip(rows, norms, strict=True):
-        per_prompt.setdefault((samples.prompt[row], accepted[row]), []).append(norm)
-    drawn: dict[int, int] = {}
-    solved: dict[int, int] = {}
-    for i, ok in zip(samples.prompt, accepted, strict=True):
-        drawn[i] = drawn.get(i, 0) + 1
-        solved[i] = solved.get(i, 0) + ok
-    return [
-        Observation(
-            prompt_id=problems[i].prompt_id,
-            samples=n,
-            accepted=solved[i],
-            grad_norms=per_prompt.get((i, True), []),
-            rejected_grad_norms=(
-                per_prompt.get((i, False), []) if config.report_rejected_norms else None
-            ),
-        )
-        for i, n in sorted(drawn.items())
-    ]
-
-
-def minibatches(samples: Samples, rows: Sequence[int], size: int) -> list[list[int]]:
-    """``rows`` in chunks of about ``size`` that never split a prompt's group (GRPO normalises
-    advantages within a group, so a group must be whole in the loss that sees it)."""
-    chunks: list[list[int]] = []
-    current: list[int] = []
-    by_prompt: dict[int, list[int]] = {}
-    for row in rows:
-        by_prompt.setdefault(samples.prompt[row], []).append(row)
-    for group in by_prompt.values():
-        if current and len(current) + len(group) > size:
-            chunks.append(current)
-            current = []
-        current += group
-    if current:
-        chunks.append(current)
-    return chunks
-
-
-@dataclasses.dataclass
-class MicroBatch:
-    """One forward/backward of an update: sequences, and what the loss compares them with."""
-
-    batch: Batch
-    old: torch.Tensor  # [B, T] log-probs under the policy that drew the samples
-    ref: torch.Tensor | None  # [B, T] log-probs under the KL anchor
-    rewards: torch.Tensor  # [B]
-    groups: torch.Tensor  # [B] prompt index: GRPO's groups
-
-
-def update(
-    model: Any,
-    reference: Any,
-    optimizer: torch.optim.Optimizer,
-    samples: Samples,
-    batch: Batch,
-    config: TrainConfig,
-    rng: random.Random,
-) -> dict[str, float]:
-    """One RAFT++ or GRPO update on a step's samples; what to log about it.
-
-    Minibatches of about ``minibatch_size`` samples take one optimizer step each, accumulated
-    over micro-batches of about ``micro_batch_size`` sequences (memory). Neither ever splits a
-    prompt's group, so GRPO normalises each group whole; each micro-batch's token-mean loss is
-    weighted by its share of the minibatch's tokens, so the sum is the minibatch's token mean.
-    """
-    rows = list(range(len(samples.rewards)))
-    if config.algo == "raft":  # rejected samples contribute nothing: leave them out
-        rows = [r for r in rows if samples.rewards[r] > 0.5]
-    if not rows:
-        return {"loss": 0.0, "clip_fraction": 0.0, "trained_samples": 0}
-    plan: list[list[MicroBatch]] = []
-    for minibatch in minibatches(samples, rows, config.minibatch_size):
-        micro_batches = []
-        for micro in minibatches(samples, minibatch, config.micro_batch_size):
-            part = batch.select(micro)
-            with torch.no_grad():  # the policy that drew the samples, and the KL anchor
-                old = sequence_logprobs(model, part)
-                ref = sequence_logprobs(reference, part) if reference is not None else None
-            rewards = torch.tensor([samples.rewards[r] for r in micro], device=old.device)
-            groups = torch.tensor([samples.prompt[r] for r in micro], device=old.device)
-            micro_batches.append(MicroBatch(part, old, ref, rewards, groups))
-        plan.append(micro_batches)
-
-    losses, clips, kls = [], [], []
-    model.train()
-    for _ in range(config.ppo_epochs):
-        rng.shuffle(plan)
-        for micro_batches in plan:
-            tokens = sum(int(m.batch.response_mask.sum()) for m in micro_batches)
-            optimizer.zero_grad(set_to_none=True)
-            loss, clipped, kl = 0.0, 0.0, 0.0
-            for m in micro_batches:
-                out = policy_loss(model, m, config)
-                share = out.tokens / max(tokens, 1)
-                (out.loss * share).backward()  # type: ignore[no-untyped-call]
-                loss += out.loss.item() * share
-                clipped += out.clip_fraction * share
-                kl += (out.kl or 0.0) * share
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-            optimizer.step()
-            losses.append(loss)
-            clips.append(clipped)
-            kls.append(kl)
-    logged = {
-        "loss": sum(losses) / len(losses),
-        "clip_fraction": sum(clips) / len(clips),
-        "trained_samples": len(rows),
-    }
-    if reference is not None:
-        logged["kl"] = sum(kls) / len(kls)
-    return logged
-
-
-def policy_loss(model: Any, micro: MicroBatch, config: TrainConfig) -> LossOutput:
-    """The configured algorithm's loss on one micro-batch (token mean over its tokens)."""
-    logprobs = sequence_logprobs(model, micro.batch)
-    mask, eps, kl, ref = micro.batch.response_mask, config.clip, config.kl_coef, micro.ref
-    if config.algo == "raft":
-        accepted = micro.rewards > 0.5
-        return raft_loss(
-            logprobs, micro.old, mask, accepted, clip_eps=eps, ref_logprobs=ref, kl_coef=kl
-        )
-    return grpo_loss(
-        logprobs, micro.old, mask, micro.rewards, micro.groups, clip_eps=eps, ref_logprobs=ref,
-        kl_coef=kl,
-    )  # fmt: skip
-
-
-def evaluate(
-    generator: Generator,
-    prompt_ids: Sequence[Sequence[int]],
-    problems: Sequence[Problem],
-    config: TrainConfig,
-) -> float:
-    """Greedy accuracy on the held-out set."""
-    greedy = SamplingConfig(temperature=0.0, max_new_tokens=config.max_new_tokens, seed=0)
-    groups = generator.generate(prompt_ids, [1] * len(prompt_ids), greedy)
-    correct = sum(score(p, g[0].text) for p, g in zip(problems, groups, strict=True))
-    return correct / len(problems)
-
-
-def answer_probability(
-    model: Any,
-    tokenizer: Any,
-    prompt_ids: Sequence[Sequence[int]],
-    problems: Sequence[Problem],
-    *,
-    chunk: int = 64,
-) -> list[float]:
-    """Per problem, the policy's probability of answering exactly ``answer<eos>`` (the form the
-    warm-up teaches; a lower bound of the pass rate at temperature 1): one teacher-forced forward
-    pass per chunk, no sampling noise."""
-    answers = [
-        tokenizer.encode(p.answer + tokenizer.eos_token, add_special_tokens=False) for p in problems
-    ]
-    was_training = model.training
-    model.eval()
-    probabilities: list[float] = []
-    with torch.no_grad():
-        for lo in range(0, len(problems), chunk):
-            part = slice(lo, lo + chunk)
-            batch = collate(prompt_ids[part], answers[part], tokenizer.pad_token_id)
-            logprobs = sequence_logprobs(model, batch.to(model.device)).sum(dim=1)
-            probabilities += logprobs.exp().tolist()
-    model.train(was_training)
-    return probabilities
-
-
 def allocation_spread(counts: Sequence[int]) -> dict[str, float]:
     mean = sum(counts) / len(counts)
     std = (sum((n - mean) ** 2 for n in counts) / len(counts)) ** 0.5
     return {"alloc_min": min(counts), "alloc_max": max(counts), "alloc_std": round(std, 4)}
 
 
-# -- checkpoints --------------------------------------------------------------------------------
-
-
-def save_checkpoint(out: Path, model: Any, tokenizer: Any, state: dict[str, Any]) -> Path:
-    """Model folder + trainer state, written aside and swapped in (a crash keeps the old one)."""
-    final, tmp, old = out / CHECKPOINT, out / f".{CHECKPOINT}.tmp", out / f".{CHECKPOINT}.old"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    rng = {
-        "python": random.getstate(),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-    torch.save({**state, "rng": rng}, tmp / STATE_FILE)
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def load_state(out: Path) -> dict[str, Any]:
-    path = out / CHECKPOINT / STATE_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"--resume: no checkpoint at {path}")
-    state: dict[str, Any] = torch.load(path, weights_only=False)  # our own file
-    return state
-
-
-def restore_rng(state: dict[str, Any]) -> None:
-    random.setstate(state["rng"]["python"])
-    torch.set_rng_state(state["rng"]["torch"])
-    if state["rng"]["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-
-
-def keep_metrics_before(path: Path, step: int) -> None:
-    """On resume, drop lines of steps after the checkpoint (they are about to run again)."""
-    if not path.exists():
-        return
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    kept = [line for line in lines if json.loads(line)["step"] < step]
-    path.write_text("".join(f"{line}\n" for line in kept))
-
-
 # -- the loop -----------------------------------------------------------------------------------
-
-
-def autocast(precision: str, device: torch.device) -> AbstractContextManager[Any]:
-    """The trainer's forward passes (sampling with transformers, gradient norms, the update) in
-    bf16 where `precision` says so: matrix products at the GPU's bf16 rate and half the
-    activation memory, while weights, gradients, AdamW state and the log-softmax of the loss
-    stay fp32 (torch's autocast lists). vLLM samples in its own `vllm_dtype` either way."""
-    if precision == "fp32":
-        return nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
-
-
-def load_policy(folder: str | Path, config: TrainConfig, device: torch.device) -> Any:
-    """The policy's fp32 master weights on `device` (whatever `precision`), with gradient
-    checkpointing when configured: the update then keeps each layer's input only and recomputes
-    the rest in backward (about a third more compute, activations no longer grow with depth)."""
-    model: Any = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    model.to(device)
-    # transformers 5.25 renamed it: the old name is a deprecated alias (a FutureWarning) there.
-    if config.gradient_checkpointing and hasattr(model, "activation_checkpointing_enable"):
-        model.activation_checkpointing_enable({"use_reentrant": False})
-    elif config.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return model
-
-
-def load_tokenizer(folder: str | Path) -> Any:
-    """The model's tokenizer, with a pad token: batches are padded (and the padding masked out),
-    and not every tokenizer names one (Llama's; SmolLM2's GGUF as transformers 5.17 reads it)."""
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    if tokenizer.pad_token is None:
-        print(f"the tokenizer has no pad token: padding with its eos token {tokenizer.eos_token}")
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
 
 
 def train(config: TrainConfig) -> dict[str, Any]:
