@@ -123,7 +123,9 @@ def test_wandb_without_the_package_says_what_to_install(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(sys.modules, "wandb", None)  # what `import wandb` meets when absent
-    with pytest.raises(RuntimeError, match=r"pip install wandb.*WANDB_MODE=offline"):
+    with pytest.raises(
+        RuntimeError, match=r"pip install 'gvm-budget\[wandb\]'.*WANDB_MODE=offline"
+    ):
         open_sink(config("http://unused", tmp_path, report_to="wandb"))
 
 

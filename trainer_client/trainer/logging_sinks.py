@@ -2,8 +2,8 @@
 
 ``report_to`` picks one, as in transformers and TRL. Both are optional packages, imported only
 when asked for: ``pip install 'gvm-budget[tensorboard]'`` (event files in ``out_dir/tensorboard``)
-or ``pip install wandb`` (``WANDB_MODE=offline`` keeps the run on disk, no network needed; sync
-it later with ``wandb sync``).
+or ``pip install 'gvm-budget[wandb]'`` (``WANDB_MODE=offline`` keeps the run on disk, no network
+needed; sync it later with ``wandb sync``).
 
 Each step logs, under these tags: ``train/`` acceptance, reward, loss, clip fraction;
 ``eval/`` held-out accuracy (on evaluation steps); ``samples/`` generated, cumulative, allocated;
@@ -106,7 +106,7 @@ class WandbSink:
             import wandb
         except ImportError as exc:
             raise RuntimeError(
-                "report_to='wandb' needs the wandb package: pip install wandb "
+                "report_to='wandb' needs the wandb package: pip install 'gvm-budget[wandb]' "
                 "(WANDB_MODE=offline runs without an account or a network)"
             ) from exc
         self.wandb = wandb
