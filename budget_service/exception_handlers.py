@@ -187,8 +187,8 @@ async def _on_allocation_error(request: Request, exc: Exception) -> JSONResponse
         code, field = "invalid_statistics", None
     else:
         code, field = "allocation_error", None
-    field = getattr(exc, "field", None) or field
-    details = [{"field": field, "rule": code, "message": str(exc)}]
+    field = exc.field or field
+    details = [{"field": field, "rule": exc.rule or code, "message": str(exc)}]
     return error_response(422, code, str(exc), field=field, details=details)
 
 

@@ -78,6 +78,7 @@ def allocate(
                 "drawn: gvm-paper is the published one-shot rule and has no top-ups; "
                 "use gvm, uniform or knapsack with drawn, or leave drawn out",
                 field="drawn",
+                rule="no_topups_in_gvm_paper",
             )
         return paper_allocation(estimates, int(budget), params)
     return _within_bounds(estimates, int(budget), params, d, k)

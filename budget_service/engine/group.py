@@ -61,6 +61,7 @@ def group_topup(
                 f"budget: a GRPO top-up weighs at most {_MAX_WIDTH} more samples per prompt; "
                 "set max_samples or leave drawn_accepted out",
                 field="budget",
+                rule="budget_too_large_to_weigh",
             )
         window = np.minimum(room, width)
         gains = _envelope_gains(estimates, drawn, accepted, floor, width)

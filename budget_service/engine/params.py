@@ -40,11 +40,13 @@ I64 = NDArray[np.int64]
 
 
 class AllocationError(ValueError):
-    """The allocation cannot be computed as asked; `field` names the culprit when known."""
+    """The allocation cannot be computed as asked; `field` names the culprit when known, `rule`
+    the rule it breaks when it is one a client can look up (the service's error details)."""
 
-    def __init__(self, message: str, *, field: str | None = None) -> None:
+    def __init__(self, message: str, *, field: str | None = None, rule: str | None = None) -> None:
         super().__init__(message)
         self.field = field
+        self.rule = rule
 
 
 class InfeasibleBudgetError(AllocationError):

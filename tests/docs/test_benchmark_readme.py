@@ -10,11 +10,14 @@ tests/docs/test_front_door.py.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 from support.readme import DOCS, RESULTS, section
+
+from budget_service.settings import Settings
 
 
 def results(name: str) -> Any:
@@ -262,3 +265,79 @@ def test_failover_table() -> None:
     assert failover_table() in text, failover_table()
     ratio = results("failover")["p99_ratio_on_off"]
     assert f"p99 ratio on/off: {ratio:.2f}x" in text
+
+
+def test_capacity_figures() -> None:
+    """docs/deployment.md's capacity figures and fleet arithmetic, rebuilt from capacity.json
+    (Redis) and load.json (the service)."""
+    text = " ".join(section(DOCS / "deployment.md", "Capacity").split())
+    capacity, load = results("capacity"), results("load")
+    memory, run, cpu = capacity["memory"], capacity["run"], capacity["cpu"]
+    report, allocate, step = cpu["report"], cpu["allocate"], cpu["step"]
+    keys = run["key_bytes"]
+    per_prompt = memory["per_prompt_bytes_used_memory"]
+    service = load["scenarios"]
+    allocations_rps = service["service allocate"]["throughput_rps"]
+    reports_rps = service["service report"]["throughput_rps"]
+    replica_steps = 1 / (1 / allocations_rps + 1 / reports_rps)
+    figures = [
+        f"redis-server {capacity['redis_version']}",
+        f"{memory['per_prompt_bytes_memory_usage']} B by `MEMORY USAGE`",
+        f"{per_prompt} B by the `used_memory` delta",
+        f"for {memory['prompts']:,} prompts with {memory['prompt_id_bytes']}-byte ids",
+        f"beyond its prompts: {run['fixed_bytes']:,} B (config hash {keys['run']:,} B, totals "
+        f"{keys['totals']:,} B, the latest allocation's JSON {keys['latest']:,} B for "
+        f"{run['latest_allocation_prompts']:,} prompts), {run['per_history_point_bytes']} B per "
+        f"history point (at most {run['history_points']:,}), {run['per_report_id_bytes']:.1f} B "
+        "per remembered report id",
+        f"{report['cpu_ms_per_request_main_thread']:.3f} ms of main-thread CPU on a report of "
+        f"{report['prompts_per_request']:,} observations and "
+        f"{allocate['cpu_ms_per_request_main_thread']:.3f} ms on an allocation of "
+        f"{allocate['prompts_per_request']:,} prompts (`INFO cpu` over {report['requests']:,}",
+        f"{report['script_ms_per_request']:.3f} / {allocate['script_ms_per_request']:.3f} ms",
+        f"1 / {report['cpu_ms_per_request_main_thread']:.3f} ms = {report['shard_max_rps']} "
+        f"reports/s, 1 / {allocate['cpu_ms_per_request_main_thread']:.3f} ms = "
+        f"{allocate['shard_max_rps']} allocations/s, or {step['shard_max_per_s']} training "
+        f"steps/s (one of each: 1 / {step['cpu_ms']:.3f} ms)",
+        f"{allocations_rps:.0f} allocations/s (p99 {service['service allocate']['p99_ms']:.0f} "
+        f"ms), {reports_rps:.0f} reports/s (p99 {service['service report']['p99_ms']:.0f} ms): "
+        f"{replica_steps:.0f} steps/s (1 / (1/{allocations_rps} + 1/{reports_rps}))",
+    ]
+    statistics_gb = 1e8 * per_prompt / 1e9
+    runs_gb = 1000 * (run["fixed_bytes"] + keys["history"]) / 1e9
+    figures += [
+        f"10^8 x {per_prompt} B = {statistics_gb:.1f} GB",
+        f"{math.ceil(statistics_gb / 4)} shards of 8 GB hold them",  # 8 GB filled to half
+        f"one primary with ~{math.ceil(2 * statistics_gb)} GB",
+        f"{runs_gb:.1f} GB of run keys at {run['history_points']:,} history points",
+    ]
+    settings = Settings.model_fields
+    window_s = settings["report_id_ttl_s"].default
+    cap = settings["report_id_max"].default
+    for period_s in (30, 5):
+        steps = 1000 / period_s
+        ids = min(window_s // period_s, cap)
+        ids_gb = 1000 * ids * run["per_report_id_bytes"] / 1e9
+        total_gb = statistics_gb + runs_gb + ids_gb
+        shards = math.ceil(total_gb / 4)  # 8 GB shards filled to half
+        figures.append(f"one step every {period_s} s each: {steps:.0f} steps/s")
+        if period_s == 30:
+            figures += [
+                f"{steps / step['shard_max_per_s']:.0%} of one shard's CPU and "
+                f"{steps / replica_steps:.2f} of a service replica",
+                f"{ids:,} report ids per run in 7 days, {ids_gb:.1f} GB: {total_gb:.1f} GB with "
+                f"the statistics above, inside the {shards} shards",
+            ]
+        else:
+            one_day = 1000 * (86400 // period_s) * run["per_report_id_bytes"] / 1e9
+            figures += [
+                f"{steps / step['shard_max_per_s']:.2f} shards' CPU",
+                f"{steps / replica_steps:.1f} service replicas",
+                f"the id cap of {cap:,} per run binds, {ids_gb:.1f} GB: {total_gb:.1f} GB in all, "
+                f"{shards} shards of 8 GB, or "
+                f"{math.ceil((statistics_gb + runs_gb + one_day) / 4)} with "
+                f"`GVM_REPORT_ID_TTL_S=86400` ({86400 // period_s:,} ids per run, "
+                f"{one_day:.1f} GB)",
+            ]
+    for figure in figures:
+        assert figure in text, figure

@@ -68,6 +68,11 @@ CROSS_FIELD_RULES = frozenset(
         "alpha_min",  # config: alpha >= 1e-9 unless strategy is gvm-paper
         "strength_min",  # config: a prior strength is 0 or >= 1e-3
         "infeasible_budget",  # the budget cannot meet the run's bounds
+        "same_length",  # drawn, drawn_accepted: one entry per prompt id
+        "needs_drawn",  # drawn_accepted only with drawn
+        "accepted_le_drawn",  # drawn_accepted[i] <= drawn[i]
+        "no_topups_in_gvm_paper",  # drawn with a gvm-paper run (the published rule is one-shot)
+        "budget_too_large_to_weigh",  # knapsack / GRPO top-ups weigh a bounded number of units
         "int_type",  # 8.0 for an integer field: JSON Schema calls it an integer, we are strict
     }
 )
