@@ -308,8 +308,29 @@ def summarize(
         "normal_report_p50_ms": round(float(np.percentile(normal, 50)), 2),
         "normal_report_p99_ms": round(float(np.percentile(normal, 99)), 2),
         "normal_reports": len(normal),
-        "timeline": [[round(a.t, 3), a.kind, a.status, round(a.ms, 1)] for a in answers],
+        "timeline": timeline([(a.t, a.kind, a.status, a.ms) for a in answers]),
     }
+
+
+BIN_S = 0.25  # the timeline's resolution
+
+
+def timeline(answers: list[tuple[float, str, int, float]]) -> list[list[float]]:
+    """Reports in BIN_S bins: [start s, answered 200, answered otherwise, p50 ms, max ms] (the
+    per-request record would be tens of thousands of rows)."""
+    bins: dict[int, list[tuple[int, float]]] = {}
+    for t, kind, status, ms in answers:
+        if kind == "report":
+            bins.setdefault(int(t / BIN_S), []).append((status, ms))
+    rows = []
+    for index, got in sorted(bins.items()):
+        latencies = [ms for _, ms in got]
+        ok = sum(status == 200 for status, _ in got)
+        rows.append([
+            round(index * BIN_S, 2), ok, len(got) - ok,
+            round(float(np.percentile(latencies, 50)), 1), round(max(latencies), 1),
+        ])  # fmt: skip
+    return rows
 
 
 def plot(modes: dict[str, dict[str, Any]], path: Path) -> None:
@@ -320,11 +341,16 @@ def plot(modes: dict[str, dict[str, Any]], path: Path) -> None:
 
     fig, axes = plt.subplots(len(modes), 1, figsize=(11, 3.4 * len(modes)), squeeze=False)
     for ax, (name, mode) in zip(axes[:, 0], modes.items(), strict=True):
-        rows = [r for r in mode["timeline"] if r[1] == "report"]
-        for ok, colour, label in ((True, "tab:blue", "200"), (False, "tab:red", "not 200")):
-            pts = [(r[0], r[3]) for r in rows if (r[2] == 200) == ok]
-            if pts:
-                ax.scatter(*zip(*pts, strict=True), s=4, c=colour, label=f"report {label}")
+        start, _, failed, p50, top = (
+            list(column) for column in zip(*mode["timeline"], strict=True)
+        )
+        ax.plot(start, p50, lw=1, c="tab:blue", label=f"report p50 per {BIN_S} s")
+        ax.plot(start, top, lw=0.8, c="tab:gray", label="report max")
+        bad = [(t, m) for t, n, m in zip(start, failed, top, strict=True) if n]
+        if bad:
+            ax.scatter(
+                *zip(*bad, strict=True), s=10, c="tab:red", label="a bin with non-200 answers"
+            )
         for kill in mode["kills"]:
             ax.axvline(kill["t"], color="black", ls="--", lw=1)
         ax.set_yscale("log")
