@@ -8,8 +8,6 @@ inside .venv-verl (built by `bash .ci/verl-env`) against the live service. In CI
 
 from __future__ import annotations
 
-import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from support.venv_checks import run_checks
 
 from budget_service.engine import (
     AllocationParams,
@@ -144,29 +143,11 @@ def test_without_norms_gvm_paper_degenerates_to_the_even_split() -> None:
 
 @pytest.mark.slow
 def test_the_adapter_against_verl(service_url: str, tmp_path: Path) -> None:
-    if not VERL_PYTHON.exists():
-        message = f"{VERL_PYTHON} is missing; build it with `bash .ci/verl-env`"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GVM_", "VIRTUAL_ENV"))}
-    env |= {"GVM_TEST_SERVICE_URL": service_url, "HF_HOME": str(tmp_path / "hf")}
-    done = subprocess.run(
-        [
-            str(VERL_PYTHON), "-m", "pytest", "--noconftest", "-p", "no:cacheprovider",
-            "-q", "-rA", f"--basetemp={tmp_path / 'verl'}",
-            "tests/integrations/verl_adapter_checks.py",
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )  # fmt: skip
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, output[-8000:]
-    summary = re.search(r"(\d+) passed", output)
-    assert summary is not None, output[-3000:]
-    assert int(summary.group(1)) == 8, output[-3000:]
-    assert not re.search(r"\d+ (skipped|failed|error)", output), output[-3000:]
+    run_checks(
+        VERL_PYTHON,
+        "tests/integrations/verl_adapter_checks.py",
+        build="bash .ci/verl-env",
+        service_url=service_url,
+        tmp_path=tmp_path,
+        expected=8,
+    )

@@ -9,12 +9,10 @@ a skip.
 
 from __future__ import annotations
 
-import os
-import re
-import subprocess
 from pathlib import Path
 
 import pytest
+from support.venv_checks import run_checks
 
 from trainer_client.integrations._batch import dataset_prompt_ids, prompt_id, row_counts
 
@@ -69,37 +67,11 @@ def test_rows_read_one_by_one_must_have_ids_of_their_own() -> None:
 
 @pytest.mark.slow
 def test_the_adapter_against_verl_0_9(service_url: str, tmp_path: Path) -> None:
-    if not VERL09_PYTHON.exists():
-        message = f"{VERL09_PYTHON} is missing; build it with `bash .ci/verl09-env`"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("GVM_", "VIRTUAL_ENV", "VERL_", "PYTHONPATH"))
-    }
-    env |= {
-        "GVM_TEST_SERVICE_URL": service_url,
-        "HF_HOME": str(tmp_path / "hf"),
-        "PYTHONPATH": str(REPO / "tests"),  # support.readme (the docs' blocks), support.faultproxy
-    }
-    done = subprocess.run(
-        [
-            str(VERL09_PYTHON), "-m", "pytest", "--noconftest", "-p", "no:cacheprovider",
-            "-q", "-rA", f"--basetemp={tmp_path / 'verl'}",
-            "tests/integrations/verl_v1_adapter_checks.py",
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )  # fmt: skip
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, output[-8000:]
-    summary = re.search(r"(\d+) passed", output)
-    assert summary is not None, output[-3000:]
-    assert int(summary.group(1)) == CHECKS, output[-3000:]
-    assert not re.search(r"\d+ (skipped|failed|error)", output), output[-3000:]
+    run_checks(
+        VERL09_PYTHON,
+        "tests/integrations/verl_v1_adapter_checks.py",
+        build="bash .ci/verl09-env",
+        service_url=service_url,
+        tmp_path=tmp_path,
+        expected=CHECKS,
+    )
