@@ -33,6 +33,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig
 from support.readme import marked_block
+from support.verl_data import write_dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 from verl import DataProto
 from verl.experimental.dataset.sampler import AbstractCurriculumSampler
@@ -88,25 +89,6 @@ def compose_config(run_id: str, data_file: Path, **extra: str) -> DictConfig:
         )
 
 
-def write_dataset(path: Path, positions: int = len(SOLVED)) -> Path:
-    """A parquet in verl's preprocessed layout (as examples/data_preprocess/gsm8k.py writes).
-
-    Two data sources with overlapping extra_info.index values: ids must use both fields.
-    """
-    rows = [
-        {
-            "data_source": "openai/gsm8k" if i % 2 == 0 else "math",
-            "prompt": [{"role": "user", "content": f"What is {i} + {i}?"}],
-            "ability": "math",
-            "reward_model": {"style": "rule", "ground_truth": str(2 * i)},
-            "extra_info": {"split": "train", "index": i // 2},
-        }
-        for i in range(positions)
-    ]
-    pd.DataFrame(rows).to_parquet(path)
-    return path
-
-
 @pytest.fixture
 def run_id() -> Iterator[str]:
     run = f"verl-{uuid.uuid4().hex[:12]}"
@@ -131,7 +113,7 @@ def build_sampler() -> Iterator[Callable[[DictConfig, Any], GVMSampler]]:
 
 @pytest.fixture
 def data_file(tmp_path: Path) -> Path:
-    return write_dataset(tmp_path / "train.parquet")
+    return write_dataset(tmp_path / "train.parquet", len(SOLVED))
 
 
 def solved_at(position: int) -> int:

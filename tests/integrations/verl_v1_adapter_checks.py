@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pandas as pd
 import pytest
 import torch
 import transfer_queue
@@ -39,6 +38,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf, open_dict
 from support.faultproxy import FaultProxy, parse_address
 from support.readme import marked_block
+from support.verl_data import write_dataset
 from transfer_queue import KVBatchMeta
 
 with warnings.catch_warnings():
@@ -105,22 +105,6 @@ def compose_config(service: str, run_id: str, data_file: Path) -> DictConfig:
         return compose(
             config_name="ppo_trainer", overrides=[f"{k}={v}" for k, v in overrides.items()]
         )
-
-
-def write_dataset(path: Path) -> Path:
-    """A parquet in verl's preprocessed layout; two data sources share extra_info.index values."""
-    rows = [
-        {
-            "data_source": "openai/gsm8k" if i % 2 == 0 else "math",
-            "prompt": [{"role": "user", "content": f"What is {i} + {i}?"}],
-            "ability": "math",
-            "reward_model": {"style": "rule", "ground_truth": str(2 * i)},
-            "extra_info": {"split": "train", "index": i // 2},
-        }
-        for i in range(PROMPTS)
-    ]
-    pd.DataFrame(rows).to_parquet(path)
-    return path
 
 
 def solved(prompt: str) -> int:
@@ -241,7 +225,7 @@ def run_id() -> Iterator[str]:
 
 @pytest.fixture
 def data_file(tmp_path: Path) -> Path:
-    return write_dataset(tmp_path / "train.parquet")
+    return write_dataset(tmp_path / "train.parquet", PROMPTS)
 
 
 @pytest.fixture
