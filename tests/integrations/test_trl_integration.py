@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import torch
 from datasets import Dataset
+from support.trl_warnings import PLAIN_TRL_CONFIG, TRL_READS_OLD_CHECKPOINTING_NAME
 
 from budget_service.embedded import free_port
 from trainer_client import BudgetClient, RetryPolicy
@@ -38,6 +39,8 @@ WIDTH = 4  # num_generations: the most completions a prompt can get
 PROMPTS = {"p0": "What is 1 + 1?", "p1": "What is 2 + 7?", "p2": "What is 31 - 4?"}
 ROWS = ["p0", "p1", "p2", "p0"]
 DIFFICULTY = {"p0": 1, "p1": 2, "p2": 1000}  # accepted when sum(ids) % difficulty == 0
+
+pytestmark = TRL_READS_OLD_CHECKPOINTING_NAME
 
 
 def dataset() -> Dataset:
@@ -192,6 +195,7 @@ def test_padded_rows_do_not_change_the_loss(
     assert torch.allclose(loss(inputs), loss(noisy), atol=1e-7)
 
 
+@PLAIN_TRL_CONFIG
 def test_every_count_at_the_width_reproduces_plain_grpo(
     tiny_dir: Path, service_url: str, run_id: str, tmp_path: Path
 ) -> None:

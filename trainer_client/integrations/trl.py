@@ -65,6 +65,13 @@ class UnsupportedLossError(ValueError):
     """A ``loss_type`` that padded rows would dilute (it divides by a number of rows)."""
 
 
+# TrainingArguments fields renamed in transformers 5.25 (old name, new name).
+_RENAMED_ARGUMENTS = (
+    ("gradient_checkpointing", "activation_checkpointing"),
+    ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs"),
+)
+
+
 @dataclass
 class GVMGRPOConfig(GRPOConfig):
     """``GRPOConfig`` plus the budget service's settings. ``num_generations`` is the group width."""
@@ -112,6 +119,13 @@ class GVMGRPOConfig(GRPOConfig):
     )
 
     def __post_init__(self) -> None:
+        # TRL 1.16 sets gradient_checkpointing=True by default; transformers >= 5.25 renames it
+        # activation_checkpointing and warns on the old name (removed in v6): pass the value on
+        # under the new name where it exists, so a GVMGRPOConfig raises no deprecation warning.
+        for old, new in _RENAMED_ARGUMENTS:
+            if hasattr(self, new) and getattr(self, new) is None and getattr(self, old) is not None:
+                setattr(self, new, getattr(self, old))
+                setattr(self, old, None)
         super().__post_init__()  # type: ignore[no-untyped-call]
         if not self.budget_url or not self.budget_run_id:
             raise ValueError("GVMGRPOConfig needs budget_url and budget_run_id")
