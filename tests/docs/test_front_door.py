@@ -8,6 +8,7 @@ README's snippets must equal the blocks of docs/ that tests run against a live s
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -62,6 +63,13 @@ def expected() -> dict[str, list[str]]:
     windows = on["unavailability_window_s"]
     chaos = results("chaos")
     trl = results("trl_overhead")
+    regime = results("learning_regime")["summary"]["arms"]
+    counted = {  # the arms that pay for their pilot
+        name: arm
+        for name, arm in regime.items()
+        if name not in ("uniform", "gvm-paper, pilot free")
+    }
+    best = min(counted, key=lambda name: counted[name]["samples_ratio"] or math.inf)
     return {
         "service under load (8 clients, 1,024 prompts)": [
             f"{load['ratios']['allocate_p99_vs_floor']}x, "
@@ -116,6 +124,11 @@ def expected() -> dict[str, list[str]]:
             f"uniform against itself {learning['uniform']['null_cross_seed_median']:.2f}x",
             verdict(max(online, paper) <= 0.5),
         ],
+        "learning in one pass over 1,024 prompts, pilot counted, 10 seeds": [
+            f"best {best} {ratio(counted[best])}; gvm-paper {ratio(regime['gvm-paper'])}; "
+            f"pilot free (the paper's accounting) {ratio(regime['gvm-paper, pilot free'])}",
+            verdict(_upper(counted[best]) <= 0.7),
+        ],
         "soak, 16 trainers, 10 minutes": [
             f"exact over {soak['requests_total']:,} requests",
             verdict(soak["ledger_check"]["exact"] and not soak["error_answers"]),
@@ -147,6 +160,24 @@ def expected() -> dict[str, list[str]]:
             verdict(trl["gpu_step"]["target_met"]),
         ],
     }
+
+
+def _upper(arm: dict[str, Any]) -> float:
+    """The upper end of an arm's 90% interval on the samples ratio (inf: not reached)."""
+    high = arm["samples_ratio_90ci"][1]
+    return math.inf if high is None else float(high)
+
+
+def ratio(arm: dict[str, Any]) -> str:
+    """`0.95x (90%: 0.87x to not reached)`: samples to reach uniform's final held-out accuracy."""
+
+    def show(value: float | None) -> str:
+        return "not reached" if value is None else f"{value:.2f}x"
+
+    low, high = arm["samples_ratio_90ci"]
+    if arm["samples_ratio"] is None and low is None:
+        return "not reached"
+    return f"{show(arm['samples_ratio'])} (90%: {show(low)} to {show(high)})"
 
 
 def test_the_results_table_is_the_committed_measurements() -> None:
