@@ -12,15 +12,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from support import REPO
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
 def run_script(name: str, *args: str) -> None:
     subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / name), *args],
-        cwd=ROOT,
+        [sys.executable, str(REPO / "benchmarks" / name), *args],
+        cwd=REPO,
         check=True,
         timeout=600,
     )

@@ -8,14 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from support import REPO
 
 
 def test_capacity_benchmark_measures_memory_and_cpu(tmp_path: Path) -> None:
     out = tmp_path / "capacity.json"
     subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "capacity.py"), "--small", "--out", str(out)],
-        cwd=ROOT,
+        [sys.executable, str(REPO / "benchmarks" / "capacity.py"), "--small", "--out", str(out)],
+        cwd=REPO,
         check=True,
         timeout=120,
     )

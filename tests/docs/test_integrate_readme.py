@@ -12,12 +12,11 @@ import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from support import REPO
 from support.readme import marked_block, run_shell
 
-REPO = Path(__file__).resolve().parents[2]
 URL, RUN = "http://127.0.0.1:8000", "my-run"  # what the snippets say; swapped for the test's
 
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 import json
 import math
 import sys
-from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import pytest
+from support import REPO
 
 from budget_service.engine import AllocationParams, Estimates, allocate
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+BENCHMARKS = REPO / "benchmarks"
 
 
 @pytest.fixture(scope="module")

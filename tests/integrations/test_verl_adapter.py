@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from support import REPO
 from support.venv_checks import run_checks
 
 from budget_service.engine import (
@@ -26,7 +27,6 @@ from budget_service.engine import (
 )
 from trainer_client.integrations._batch import copies_from_counts, observations_from_rows
 
-REPO = Path(__file__).resolve().parents[2]
 VERL_PYTHON = REPO / ".venv-verl" / "bin" / "python"
 
 

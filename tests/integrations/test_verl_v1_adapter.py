@@ -12,11 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from support import REPO
 from support.venv_checks import run_checks
 
 from trainer_client.integrations._batch import dataset_prompt_ids, prompt_id, row_counts
 
-REPO = Path(__file__).resolve().parents[2]
 VERL09_PYTHON = REPO / ".venv-verl09" / "bin" / "python"
 CHECKS = 11  # tests in verl_v1_adapter_checks.py, parametrised cases counted
 

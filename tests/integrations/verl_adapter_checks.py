@@ -47,7 +47,6 @@ with warnings.catch_warnings():
 from trainer_client.integrations._batch import copies_from_counts
 from trainer_client.integrations.verl import GVMSampler
 
-REPO = Path(__file__).resolve().parents[1]
 SERVICE = os.environ.get("GVM_TEST_SERVICE_URL", "")
 N_ROLLOUT = 4  # actor_rollout_ref.rollout.n in these tests
 BATCH = 4  # data.train_batch_size

@@ -52,7 +52,6 @@ with warnings.catch_warnings():
 
     from trainer_client.integrations.verl_v1 import ROLLOUT_N, GVMTrainer
 
-REPO = Path(__file__).resolve().parents[2]
 SERVICE = os.environ.get("GVM_TEST_SERVICE_URL", "")
 N_ROLLOUT = 4  # actor_rollout_ref.rollout.n in these tests
 BATCH = 4  # data.train_batch_size

@@ -9,16 +9,16 @@ import sys
 from pathlib import Path
 
 import pytest
+from support import REPO
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
 def test_failover_of_a_busy_primary_loses_no_acknowledged_report(tmp_path: Path) -> None:
     out = tmp_path / "failover.json"
     subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "failover.py"), "--small", "--out", str(out)],
-        cwd=ROOT,
+        [sys.executable, str(REPO / "benchmarks" / "failover.py"), "--small", "--out", str(out)],
+        cwd=REPO,
         check=True,
         timeout=300,
     )

@@ -13,8 +13,8 @@ import httpx
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+from support import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 GRAFANA = REPO / "configs" / "grafana"
 DASHBOARD = GRAFANA / "dashboards" / "gvm-budget.json"
 COMPOSE = REPO / "docker-compose.yml"

@@ -9,17 +9,17 @@ import sys
 from pathlib import Path
 
 import pytest
+from support import REPO
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
 def test_a_training_run_through_three_faults_reports_every_sample_once(tmp_path: Path) -> None:
     out = tmp_path / "chaos.json"
     subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "chaos.py"),
+        [sys.executable, str(REPO / "benchmarks" / "chaos.py"),
          "--runs", "1", "--steps", "12", "--out", str(out)],
-        cwd=ROOT, check=True, timeout=600,
+        cwd=REPO, check=True, timeout=600,
     )  # fmt: skip
     (run,) = json.loads(out.read_text())["runs"]
     assert run["exit_code"] == 0

@@ -12,6 +12,7 @@ from types import ModuleType
 
 import pytest
 import torch
+from support import REPO
 
 from trainer_client import BudgetClient
 from trainer_client.trainer.config import TrainConfig
@@ -22,8 +23,7 @@ from trainer_client.trainer.tasks import encode_prompts
 from trainer_client.trainer.train import train
 from trainer_client.trainer.warmup import warm_up
 
-ROOT = Path(__file__).resolve().parents[2]
-BENCHMARKS = ROOT / "benchmarks"
+BENCHMARKS = REPO / "benchmarks"
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +156,7 @@ def test_the_regime_benchmark_runs_and_summarises(tmp_path: Path, regime: Module
             *("--per-prompt", "4", "--pilot-samples", "2"),
             *("--jobs", "2", "--out", str(tmp_path), "--name", "smoke"),
         ],
-        cwd=ROOT, check=True, timeout=600,
+        cwd=REPO, check=True, timeout=600,
     )  # fmt: skip
     result = json.loads((tmp_path / "smoke.json").read_text())
     assert result["x"] == [0, 32, 64]

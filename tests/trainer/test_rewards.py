@@ -5,16 +5,16 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from pathlib import Path
 
 import pytest
 from math_verify.errors import TimeoutException
+from support import REPO
 
 from trainer_client.trainer import rewards
 from trainer_client.trainer.rewards import arithmetic_reward, extract_integer, math_reward, score
 from trainer_client.trainer.tasks import arithmetic_problem, load_math
 
-FIXTURE = Path(__file__).parents[1] / "fixtures" / "math500_subset.jsonl"
+FIXTURE = REPO / "tests" / "fixtures" / "math500_subset.jsonl"
 ROWS = [json.loads(line) for line in FIXTURE.read_text().splitlines()]
 
 

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+from support import REPO
 from transformers import PreTrainedTokenizerFast
 
 from trainer_client.trainer.tasks import (
@@ -20,7 +21,7 @@ from trainer_client.trainer.tasks import (
 )
 from trainer_client.trainer.tiny import build_tokenizer
 
-FIXTURE = Path(__file__).parents[1] / "fixtures" / "math500_subset.jsonl"
+FIXTURE = REPO / "tests" / "fixtures" / "math500_subset.jsonl"
 
 
 @pytest.fixture(scope="module")
