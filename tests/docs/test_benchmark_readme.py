@@ -341,3 +341,25 @@ def test_capacity_figures() -> None:
             ]
     for figure in figures:
         assert figure in text, figure
+
+
+def chaos_table() -> str:
+    """docs/deployment.md's chaos table, rebuilt from benchmarks/results/chaos.json."""
+    rows = [
+        "| seed | exit code | steps on the uniform fallback | generated / stored samples "
+        "| accepted / stored | exact |",
+        "|---:|---:|---:|---:|---:|---|",
+    ]
+    for run in results("chaos")["runs"]:
+        rows.append(
+            f"| {run['seed']} | {run['exit_code']} | {len(run['fallback_steps'])} "
+            f"| {run['generated']} / {run['stored_samples']:.0f} "
+            f"| {run['accepted']} / {run['stored_accepted']:.0f} "
+            f"| {'yes' if run['exact'] else 'no'} |"
+        )
+    return "\n".join(rows)
+
+
+def test_chaos_table() -> None:
+    text = section(DOCS / "deployment.md", "Failover and acknowledgement")
+    assert chaos_table() in text, chaos_table()
