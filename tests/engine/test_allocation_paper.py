@@ -202,14 +202,14 @@ def _hard_sums() -> list[np.ndarray]:
     jump = rng.random(n)
     jump[150_000] = 1e30  # one value dwarfing the sum so far
     # From 2^52 on the running sum's spacing is 1: x + 0.5 is a halfway case whose rounding
-    # depends on the sum's parity. A few per chunk (resolved in order), or many (plain chain).
+    # depends on the sum's parity. A few per block (each one's stretch takes the chain), or many.
     sparse_ties = rng.integers(0, 4, n).astype(np.float64)
     sparse_ties[0] = 2.0**52 + 1.0
     sparse_ties[10_001::997] += 0.5
     many_ties = rng.integers(0, 4, n) + 0.5
     many_ties[0] = 2.0**52
     tiny = rng.random(n) * 1e-300
-    tiny[100_000:] *= 1e290  # from near-subnormal (past the plain-chain head) to ordinary
+    tiny[100_000:] *= 1e290  # from near-subnormal (too small to scale by) to ordinary
     with_inf = rng.random(n)
     with_inf[123_456] = np.inf
     with_nan = rng.random(n)
@@ -226,6 +226,21 @@ def test_sequential_sum_is_the_plain_chain_bit_for_bit(case: int) -> None:
     expected = _chain(values)
     got = sequential_sum(values)
     assert got == expected or (np.isnan(got) and np.isnan(expected)), (got, expected)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_sequential_sum_around_halfway_values_and_binade_tops_is_the_chain(seed: int) -> None:
+    """Values on coarse binary grids make halfway values common, and a growing sum leaves its
+    binade inside blocks: the stretches before each, the chained stretch and the rest of the
+    block must add up to the chain's result, from any start."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(20_000, 70_000))
+    grid = 2.0 ** -int(rng.integers(0, 30))
+    values = rng.integers(0, 2**12, n) * grid
+    values[rng.random(n) < 0.3] = 0.0
+    start = float(rng.choice([0.0, 3.0, float(values.sum()) / 7]))
+    expected = _chain(np.concatenate(([start], values)))
+    assert sequential_sum(values, start) == expected
 
 
 def test_the_hard_sums_tell_the_chain_from_numpys_pairwise_sum() -> None:
