@@ -55,6 +55,7 @@ class Arm:
     pilot_filter: bool = False  # allocate only over the prompts the pilot solved
     pilot_as_drawn: bool = False  # the pilot is told as drawn: the allocation tops it up
     pilot_free: bool = False  # the paper's accounting: the pilot is drawn but not counted
+    rounds: str = ""  # online mode: the step's first rounds per prompt, each later one a top-up
 
 
 ARMS = (
@@ -76,6 +77,20 @@ ARMS = (
         "paper",
         pilot_free=True,
     ),
+    Arm(
+        "knapsack",
+        "pilot 8 told as drawn, then a knapsack top-up",
+        "knapsack",
+        "paper",
+        pilot_as_drawn=True,
+    ),
+    Arm(
+        "gvm, 3 rounds",
+        "2 per prompt, then 4 more by gvm, then the rest by gvm (each round a top-up)",
+        "gvm",
+        "online",
+        rounds="2,4",
+    ),
 )
 BY_NAME = {arm.name: arm for arm in ARMS}
 COMPARISONS = [arm.name for arm in ARMS if arm.name != "uniform"]  # each against uniform, Holm
@@ -84,12 +99,14 @@ CONTRASTS = (  # parts of the mechanism (secondary: not in the Holm family)
     ("weighting on top of filtering", "gvm-paper", "filter-only"),
     ("posterior gvm vs the published rule", "gvm", "gvm-paper"),
     ("pilot accounting (free vs counted)", "gvm-paper, pilot free", "gvm-paper"),
+    ("three rounds vs one top-up", "gvm, 3 rounds", "gvm"),
+    ("knapsack vs gvm (both top up the pilot)", "knapsack", "gvm"),
 )
 PHASES = ("generate", "grad_norms", "update")  # the rest: score, report, allocate
 COLORS = dict(
     zip(
         [a.name for a in ARMS],
-        ["tab:gray", "tab:green", "tab:orange", "tab:red", "tab:blue", "tab:purple"],
+        ["gray", "green", "orange", "red", "blue", "purple", "brown", "olive"],
         strict=True,
     )
 )
@@ -114,6 +131,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (processes)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument(
+        "--probe-lr",
+        type=float,
+        nargs="+",
+        default=None,
+        help="instead of the arms: uniform alone at each of these learning rates on the probe "
+        "seeds; the one with the best mean final held-out score is chosen (uniform's, before "
+        "any other arm runs)",
+    )
+    parser.add_argument("--probe-seeds", type=int, nargs="+", default=[100, 101])
+    parser.add_argument(
         "--resummarise",
         type=Path,
         nargs="+",
@@ -124,23 +151,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run_config(arm: Arm, seed: int, args: argparse.Namespace, url: str, runs: Path) -> Any:
+def run_config(
+    arm: Arm, seed: int, args: argparse.Namespace, url: str, runs: Path, lr: float | None = None
+) -> Any:
+    """The trainer's settings for one run (at `lr`, else --lr)."""
     from trainer_client.trainer.config import TrainConfig
 
     per_prompt = args.per_prompt + (args.pilot_samples if arm.pilot_free else 0)
+    name = arm.name.replace(", ", "-").replace(" ", "-") + (f"-lr{lr:g}" if lr else "")
     return TrainConfig(
         service_url=url,
-        run_id=f"regime-{arm.name.replace(', ', '-').replace(' ', '-')}-s{seed}",
+        run_id=f"regime-{name}-s{seed}",
         allocation=arm.allocation,  # type: ignore[arg-type]
         mode=arm.mode,  # type: ignore[arg-type]
         pilot_filter=arm.pilot_filter,
         pilot_as_drawn=arm.pilot_as_drawn,
+        allocation_rounds=arm.rounds,
         algo=args.algo,
         steps=args.steps,
         batch_size=args.batch_size,
         budget=per_prompt * args.batch_size,
         pilot_samples=args.pilot_samples,
-        lr=args.lr,
+        lr=lr or args.lr,
         train_prompts=args.train_prompts,
         max_level=args.max_level,
         level_mix=args.level_mix,
@@ -148,7 +180,7 @@ def run_config(arm: Arm, seed: int, args: argparse.Namespace, url: str, runs: Pa
         eval_exact=True,
         eval_every=1,
         seed=seed,
-        out_dir=str(runs / f"{arm.name.replace(', ', '-').replace(' ', '-')}-s{seed}"),
+        out_dir=str(runs / f"{name}-s{seed}"),
         progress=False,
         log_every=0,
     )
@@ -232,10 +264,26 @@ def spread(p: Any) -> dict[str, float]:
     }
 
 
-def curves(runs: Sequence[dict[str, Any]], arm: str, seeds: Sequence[int], x: Any) -> Any:
-    """(seeds, points) held-out scores and training seconds of `arm` on the common axis `x`
-    of counted samples (each run interpolated on its own counted samples)."""
-    by_seed = {r["seed"]: r for r in runs if r["arm"] == arm}
+def runs_of(runs: Sequence[dict[str, Any]], arm: str, batch: int | None = None) -> list[Any]:
+    """`arm`'s runs from one batch: `batch`, else the first that ran it. Arms added to a file
+    later (resummarise) come with a batch of their own, uniform included: their time ratios
+    are against the uniform runs timed beside them, under the same load."""
+    if batch is None:
+        batch = next(r.get("batch", 0) for r in runs if r["arm"] == arm)
+    return [r for r in runs if r["arm"] == arm and r.get("batch", 0) == batch]
+
+
+def curves(
+    runs: Sequence[dict[str, Any]],
+    arm: str,
+    seeds: Sequence[int],
+    x: Any,
+    batch: int | None = None,
+) -> Any:
+    """(seeds, points) held-out scores and training seconds of `arm` (from `batch`, see
+    runs_of) on the common axis `x` of counted samples (each run interpolated on its own
+    counted samples)."""
+    by_seed = {r["seed"]: r for r in runs_of(runs, arm, batch)}
     held = np.array([np.interp(x, by_seed[s]["counted"], by_seed[s]["held_out"]) for s in seeds])
     secs = np.array(
         [np.interp(x, by_seed[s]["counted"], by_seed[s]["train_seconds"]) for s in seeds]
@@ -252,15 +300,16 @@ def summarise(
 ) -> dict[str, Any]:
     """The fixed endpoint and comparisons (module docstring)."""
     data = {arm: curves(runs, arm, seeds, x) for arm in arms}
-    uniform_held, uniform_secs = data["uniform"]
+    uniform_held = data["uniform"][0]
     uniform_auc = stats.auc(x, uniform_held)
-    uniform_time = float(uniform_secs[:, -1].mean())
     compared = [a for a in COMPARISONS if a in arms]
     p_values = []
     out: dict[str, Any] = {"arms": {}, "comparisons_with_uniform": len(compared)}
     for arm in arms:
         held, secs = data[arm]
-        runs_of = [r for r in runs if r["arm"] == arm]
+        own = runs_of(runs, arm)
+        batch = own[0].get("batch", 0)
+        uniform_time = float(curves(runs, "uniform", seeds, x, batch)[1][:, -1].mean())
         entry: dict[str, Any] = {
             "label": BY_NAME[arm].label,
             "seeds": len(seeds),
@@ -269,15 +318,14 @@ def summarise(
             "auc": float(stats.auc(x, held).mean()),
             "train_seconds": float(secs[:, -1].mean()),
             "phase_seconds": {
-                k: round(statistics.mean(r["phase_seconds"][k] for r in runs_of), 2)
+                k: round(statistics.mean(r["phase_seconds"][k] for r in own), 2)
                 for k in (*PHASES, "other")
             },
-            "generated_per_run": statistics.mean(r["generated"] for r in runs_of),
-            "counted_per_run": statistics.mean(r["counted"][-1] for r in runs_of),
-            "accept_rate": sum(r["accepted"] for r in runs_of)
-            / sum(r["generated"] for r in runs_of),
-            "unallocated_share": sum(r["unallocated_prompt_steps"] for r in runs_of)
-            / sum(r["prompt_steps"] for r in runs_of),  # prompts given no samples after a pilot
+            "generated_per_run": statistics.mean(r["generated"] for r in own),
+            "counted_per_run": statistics.mean(r["counted"][-1] for r in own),
+            "accept_rate": sum(r["accepted"] for r in own) / sum(r["generated"] for r in own),
+            "unallocated_share": sum(r["unallocated_prompt_steps"] for r in own)
+            / sum(r["prompt_steps"] for r in own),  # prompts given no samples after a pilot
         }
         if arm != "uniform":
             # the same samples as uniform's (an allocation that came out even): a tie, not a result
@@ -356,6 +404,36 @@ def docs_table(payload: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+# the simulator's name for an arm here, where they differ (its `gvm` is not told the pilot)
+SIMULATOR_NAMES = {"gvm": "gvm, pilot as drawn"}
+
+
+def contrast_table(payload: dict[str, Any], simulated: dict[str, Any] | None = None) -> str:
+    """Which part of the mechanism does what: each contrast's AUC difference as a share of
+    uniform's own AUC gain over its start, with its sign-flip p; beside it, the simulator's
+    contrast of the same two arms (`simulated`: benchmarks/results/simulator.json), if given
+    ("-": the simulator has no such contrast)."""
+    seeds = len(payload["settings"]["seeds"])
+    header = f"| part of the mechanism (arm vs baseline) | real runs ({seeds} seeds) |"
+    rows = [header, "|---|---|"]
+    if simulated:
+        rows = [header + " simulator (trainer estimator, m = 0.15) |", "|---|---|---|"]
+    model = {
+        (c["arm"], c["baseline"]): c for c in (simulated or {"summary": {}})["summary"]["contrasts"]
+    }
+
+    def cell(c: dict[str, Any]) -> str:
+        return f" {c['share_of_uniform_gain']:+.2f} (p {c['sign_flip_p']:.2g}) |"
+
+    for c in payload["summary"]["contrasts"]:
+        row = f"| {c['part']} (`{c['arm']}` vs `{c['baseline']}`) |" + cell(c)
+        if simulated:
+            pair = tuple(SIMULATOR_NAMES.get(a, a) for a in (c["arm"], c["baseline"]))
+            row += cell(model[pair]) if pair in model else " - |"
+        rows.append(row)
+    return "\n".join(rows)
+
+
 def pass_rate_table(payload: dict[str, Any]) -> str:
     """Per level, the warm policy's exact answer probability before training (pool; held out)."""
     rates = payload["pass_rates_before_training"]
@@ -381,7 +459,8 @@ def plot(payload: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     x = np.array(payload["x"])
-    seeds, arms = payload["settings"]["seeds"], payload["settings"]["arms"]
+    settings = payload["settings"]
+    seeds, arms = settings["seeds"], settings["arms"]
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
     uniform = curves(payload["runs"], "uniform", seeds, x)[0]
     for arm in arms:
@@ -389,8 +468,8 @@ def plot(payload: dict[str, Any], path: Path) -> None:
         for axis, y in ((axes[0], held), (axes[1], held - uniform)):
             mean = y.mean(axis=0)
             half = 1.645 * y.std(axis=0, ddof=1) / math.sqrt(len(seeds)) if len(seeds) > 1 else 0
-            axis.plot(x, mean, color=COLORS[arm], lw=2, label=arm)
-            axis.fill_between(x, mean - half, mean + half, color=COLORS[arm], alpha=0.15)
+            axis.plot(x, mean, color=f"tab:{COLORS[arm]}", lw=2, label=arm)
+            axis.fill_between(x, mean - half, mean + half, color=f"tab:{COLORS[arm]}", alpha=0.15)
     axes[0].set_ylabel("held-out: mean probability of the right answer")
     axes[1].set_ylabel("minus uniform, same seed")
     for axis in axes:
@@ -398,8 +477,8 @@ def plot(payload: dict[str, Any], path: Path) -> None:
         axis.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle(
-        f"Tiny model, arithmetic, one pass over {payload['settings']['train_prompts']} "
-        f"prompts: seed means, bands 90% over {len(seeds)} seeds"
+        f"Tiny model, {settings['algo'].upper()}, lr {settings['lr']:g}, arithmetic, one pass "
+        f"over {settings['train_prompts']} prompts: seed means, bands 90% over {len(seeds)} seeds"
     )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -410,24 +489,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.resummarise:
         return resummarise(*args.resummarise)
+    if args.probe_lr:
+        return probe_lr(args)
     if "uniform" not in args.arms:
         raise SystemExit("every comparison is with uniform: keep it in --arms")
     started = time.perf_counter()
     load_before = list(os.getloadavg())
-    with tempfile.TemporaryDirectory(prefix="gvm-regime-") as tmp:
-        port = free_port("127.0.0.1")
-        service = running_service("127.0.0.1", port, Path(tmp) / "redis", Path(tmp) / "service.log")
-        with service as (url, _process):
-            prepare_model("")
-            jobs = [(arm, seed) for seed in args.seeds for arm in args.arms]
-            configs = [run_config(BY_NAME[a], s, args, url, Path(tmp) / "runs") for a, s in jobs]
-            rates = pass_rates(configs[0])
-            print(f"exact pass rates before training, by level: {rates}", flush=True)
-            spawn = multiprocessing.get_context("spawn")  # torch and threads: no fork
-            with ProcessPoolExecutor(args.jobs, mp_context=spawn) as pool:
-                runs = list(
-                    pool.map(run_one, [a for a, _ in jobs], configs, [args.threads] * len(jobs))
-                )
+    runs, rates = run_all(args, [(arm, seed) for seed in args.seeds for arm in args.arms])
     x = np.arange(args.steps + 1, dtype=np.float64) * args.per_prompt * args.batch_size
     payload: dict[str, Any] = {
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
@@ -447,18 +515,92 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def run_all(
+    args: argparse.Namespace, jobs: Sequence[tuple[str, int]], lrs: Sequence[float] | None = None
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Every (arm, seed) job (at lrs[j], else --lr) against one service, --jobs at a time; and
+    the pass rates before training."""
+    with tempfile.TemporaryDirectory(prefix="gvm-regime-") as tmp:
+        port = free_port("127.0.0.1")
+        service = running_service("127.0.0.1", port, Path(tmp) / "redis", Path(tmp) / "service.log")
+        with service as (url, _process):
+            prepare_model("")
+            configs = [
+                run_config(BY_NAME[arm], seed, args, url, Path(tmp) / "runs", lrs and lrs[j])
+                for j, (arm, seed) in enumerate(jobs)
+            ]
+            rates = pass_rates(configs[0])
+            print(f"exact pass rates before training, by level: {rates}", flush=True)
+            spawn = multiprocessing.get_context("spawn")  # torch and threads: no fork
+            with ProcessPoolExecutor(args.jobs, mp_context=spawn) as pool:
+                runs = list(
+                    pool.map(run_one, [a for a, _ in jobs], configs, [args.threads] * len(jobs))
+                )
+    return runs, rates
+
+
+def probe_lr(args: argparse.Namespace) -> int:
+    """The learning rate, chosen before any other arm runs: uniform alone at each candidate on
+    the probe seeds (not the benchmark's); the best mean final held-out score wins. Tuning
+    the reference only can favour it, never the allocation."""
+    started = time.perf_counter()
+    grid = [(lr, seed) for lr in args.probe_lr for seed in args.probe_seeds]
+    runs, _ = run_all(args, [("uniform", seed) for _, seed in grid], [lr for lr, _ in grid])
+    table = []
+    for lr in args.probe_lr:
+        of_lr = [r for (r_lr, _), r in zip(grid, runs, strict=True) if r_lr == lr]
+        table.append(
+            {
+                "lr": lr,
+                "initial": statistics.mean(r["held_out"][0] for r in of_lr),
+                "final": statistics.mean(r["held_out"][-1] for r in of_lr),
+                "per_seed_final": [r["held_out"][-1] for r in of_lr],
+            }
+        )
+    chosen = max(table, key=lambda row: row["final"])["lr"]
+    payload = {
+        "settings": {k: v for k, v in vars(args).items() if k != "out"},
+        "probe": table,
+        "chosen_lr": chosen,
+        "runs": runs,
+        "seconds_total": round(time.perf_counter() - started, 1),
+        "machine": machine(),
+    }
+    path = _write(args.out, args.name, payload)
+    for row in table:
+        print(f"lr {row['lr']:g}: uniform held-out {row['initial']:.4f} -> {row['final']:.4f}")
+    print(f"chosen lr {chosen:g}; wrote {path}")
+    return 0
+
+
 def resummarise(path: Path, *more: Path) -> int:
-    """The summary, tables and plot of `path` again, from its runs and those of `more` (other
-    seeds, same settings otherwise); written to `path`."""
+    """The summary, tables and plot of `path` again, with the runs of `more` added: other seeds
+    of the same arms, or other arms on the same seeds (settings otherwise equal); written to
+    `path`."""
     payload = json.loads(path.read_text())
     settings = payload["settings"]
     for other in map(json.loads, (m.read_text() for m in more)):
-        different = {k for k, v in other["settings"].items() if settings.get(k) != v}
-        if different - {"seeds", "name", "jobs", "resummarise"}:
+        theirs = other["settings"]
+        different = {k for k, v in theirs.items() if settings.get(k) != v}
+        if different - {"seeds", "arms", "name", "jobs", "resummarise"}:
             raise SystemExit(f"settings differ: {sorted(different)}")
-        if set(other["settings"]["seeds"]) & set(settings["seeds"]):
-            raise SystemExit("the files share seeds")
-        settings["seeds"] += other["settings"]["seeds"]
+        same_seeds = sorted(theirs["seeds"]) == sorted(settings["seeds"])
+        if theirs["arms"] == settings["arms"] and not set(theirs["seeds"]) & set(settings["seeds"]):
+            if any(r.get("batch") for r in payload["runs"]):
+                raise SystemExit("add the seeds first, then the arms (one batch of each)")
+            settings["seeds"] += theirs["seeds"]
+        elif same_seeds and "uniform" in theirs["arms"]:  # new arms, paired on the same seeds
+            if held_out(other["runs"], "uniform") != held_out(payload["runs"], "uniform"):
+                raise SystemExit("uniform's runs differ between the files: not the same pairs")
+            new = [a for a in theirs["arms"] if a not in settings["arms"]]
+            settings["arms"] += new
+            payload["arms"] |= {a: other["arms"][a] for a in new}
+            batch = 1 + max(r.get("batch", 0) for r in payload["runs"])
+            other["runs"] = [
+                r | {"batch": batch} for r in other["runs"] if r["arm"] in [*new, "uniform"]
+            ]
+        else:
+            raise SystemExit("merge other seeds of the same arms, or other arms on the same seeds")
         payload["runs"] += other["runs"]
         payload["seconds_total"] += other["seconds_total"]
     x = np.array(payload["x"])
@@ -468,6 +610,11 @@ def resummarise(path: Path, *more: Path) -> int:
     print(pass_rate_table(payload))
     print(docs_table(payload))
     return 0
+
+
+def held_out(runs: Sequence[dict[str, Any]], arm: str) -> dict[int, list[float]]:
+    """Each seed's held-out curve for `arm`."""
+    return {r["seed"]: r["held_out"] for r in runs if r["arm"] == arm}
 
 
 if __name__ == "__main__":

@@ -27,7 +27,10 @@ add nothing (RAFT). Prompts with 0 accepted samples add nothing.
 
 Reports to the statistics store are what the trainer posts (samples, accepted, the accepted
 samples' norms: G_i times lognormal noise), pilot and main draws alike; `estimate` reads them
-with the run totals, as the service does.
+with the run totals, as the service does. As in the trainer (trainer_client/trainer/train.py),
+an arm may tell the engine its pilot as drawn (`allocate(..., drawn=, drawn_accepted=)`: the
+allocation is then a top-up, the additional samples) or split a step into allocation rounds,
+each reported before the next and each after the first a top-up of what the step drew so far.
 
 Held-out accuracy is the exact mean of p_j over the held-out prompts (no sampling noise).
 
@@ -108,11 +111,23 @@ class Arm:
     """One way to spend a step's samples. `rule` picks the allocation of the main draw."""
 
     name: str
-    rule: str  # uniform | filter | gvm | gvm-paper | oracle | oracle-stale
+    rule: str  # uniform | filter | gvm | gvm-paper | knapsack | oracle | oracle-stale
     pilot: bool = False  # draw N' per prompt first and report it
     pilot_counted: bool = True  # the pilot counts as generated (False: the paper's accounting)
     pilot_trained: bool = True
     label: str = ""
+    pilot_as_drawn: bool = False  # the allocation is told the pilot as drawn: a top-up of it
+    # per-prompt samples of the step's first allocation rounds (the trainer's allocation_rounds:
+    # (2, 4) is 2 x batch, then 4 x batch more); the last round takes the rest of the budget.
+    # Every round is reported before the next, and each after the first is a top-up
+    rounds: tuple[int, ...] = ()
+
+    def round_budgets(self, budget: int, batch: int) -> tuple[int, ...]:
+        """The step's main budget per allocation round (one round without `rounds`)."""
+        first = tuple(r * batch for r in self.rounds)
+        if sum(first) >= budget:
+            raise ValueError(f"{self.name}: rounds {self.rounds} leave nothing for the last")
+        return (*first, budget - sum(first))
 
 
 ARMS = (
@@ -141,6 +156,28 @@ ARMS = (
         pilot=True,
         pilot_counted=False,
         label="paper's accounting: pilot 8 not counted, then the rule over 16 per prompt",
+    ),
+    # added after the nine above; each arm's random stream is its position in ARMS, so these
+    # leave the others' draws as they were
+    Arm(
+        "gvm, pilot as drawn",
+        "gvm",
+        pilot=True,
+        pilot_as_drawn=True,
+        label="pilot 8 told as drawn, then a gvm top-up",
+    ),
+    Arm(
+        "knapsack",
+        "knapsack",
+        pilot=True,
+        pilot_as_drawn=True,
+        label="pilot 8 told as drawn, then a knapsack top-up",
+    ),
+    Arm(
+        "gvm, 3 rounds",
+        "gvm",
+        rounds=(2, 4),
+        label="no pilot: 2 per prompt by gvm, then 4 more, then the rest (each a top-up)",
     ),
 )
 
@@ -255,8 +292,11 @@ def allocation(
     pilot_k: I64,
     p: F64,
     g: F64,
+    drawn: I64 | None = None,
+    drawn_accepted: I64 | None = None,
 ) -> I64:
-    """The main draw's samples per prompt, from the engine."""
+    """The main draw's samples per prompt, from the engine; with `drawn` (what each prompt drew
+    this step so far, and had accepted), the additional samples of the engine's top-up."""
     m = p.size
     if arm.rule == "uniform":
         params = AllocationParams(strategy="uniform")
@@ -271,8 +311,9 @@ def allocation(
     if arm.rule in ("oracle", "oracle-stale"):
         exact = Estimates.from_rates(p, g)  # plugged in: c_i from the true p_i and G_i
         return allocate(exact, budget, AllocationParams(prior_strength=0)).samples
-    params = AllocationParams(strategy="gvm-paper" if arm.rule == "gvm-paper" else "gvm")
-    return allocate(estimate(stats, totals, step, params), budget, params).samples
+    params = AllocationParams(strategy=arm.rule if arm.rule in ("gvm-paper", "knapsack") else "gvm")
+    estimates = estimate(stats, totals, step, params)
+    return allocate(estimates, budget, params, drawn=drawn, drawn_accepted=drawn_accepted).samples
 
 
 @dataclass
@@ -322,13 +363,21 @@ def run_arm(
         if arm.pilot:
             store.report(ix, n0, k0, reported_norms(rng, g, k0, s), step)
         main_budget = s.budget - (int(n0[0].sum()) if arm.pilot_counted else 0)
-        n1 = np.empty_like(n0)
-        for seed in range(seeds):
-            stats, totals = store.batch(seed, ix[seed])
-            known = p_start[seed, ix[seed]] if arm.rule == "oracle-stale" else p[seed]
-            n1[seed] = allocation(arm, main_budget, step, stats, totals, k0[seed], known, g[seed])
-        k1 = rng.binomial(n1, p)
-        store.report(ix, n1, k1, reported_norms(rng, g, k1, s), step)
+        n1, k1 = np.zeros_like(n0), np.zeros_like(k0)  # the step's draws after the pilot
+        for r, round_budget in enumerate(arm.round_budgets(main_budget, s.batch)):
+            top_up = r > 0 or arm.pilot_as_drawn  # told what the step drew so far
+            n = np.empty_like(n0)
+            for seed in range(seeds):
+                stats, totals = store.batch(seed, ix[seed])
+                known = p_start[seed, ix[seed]] if arm.rule == "oracle-stale" else p[seed]
+                drawn = (n0[seed] + n1[seed], k0[seed] + k1[seed]) if top_up else (None, None)
+                n[seed] = allocation(
+                    arm, round_budget, step, stats, totals, k0[seed], known, g[seed], *drawn
+                )
+            k = rng.binomial(n, p)
+            store.report(ix, n, k, reported_norms(rng, g, k, s), step)
+            n1 += n
+            k1 += k
         counted[:, step] = n1.sum(1) + (n0.sum(1) if arm.pilot_counted else 0)
         generated[:, step] = n1.sum(1) + n0.sum(1)
         by_level += np.bincount((train.level[rows, ix] - 1).ravel(), (n0 + n1).ravel(), levels)
@@ -415,6 +464,9 @@ CONTRASTS = (
     ("posterior gvm vs the published rule", "gvm", "gvm-paper"),
     ("stale statistics (oracle before training vs now)", "oracle, stale", "oracle"),
     ("what the pilot cannot tell (oracle vs gvm)", "oracle", "gvm"),
+    ("pilot told as drawn vs not", "gvm, pilot as drawn", "gvm"),
+    ("knapsack vs gvm (both top up the pilot)", "knapsack", "gvm, pilot as drawn"),
+    ("three rounds vs one top-up", "gvm, 3 rounds", "gvm, pilot as drawn"),
 )
 
 
@@ -480,15 +532,16 @@ def plot(x: F64, results: dict[str, ArmResult], path: Any, title: str) -> None:
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5.5))
     uniform = results["uniform"].held_out
-    colors = plt.get_cmap("tab10").colors
-    for (name, r), color in zip(results.items(), colors, strict=False):
+    colors = plt.get_cmap("tab10").colors  # then dashed, from the start, past the tenth arm
+    for i, (name, r) in enumerate(results.items()):
+        color, style = colors[i % len(colors)], "-" if i < len(colors) else "--"
         mean = r.held_out.mean(0)
         half = 1.645 * r.held_out.std(0, ddof=1) / math.sqrt(r.held_out.shape[0])
-        left.plot(x, mean, color=color, lw=1.8, label=name)
+        left.plot(x, mean, color=color, ls=style, lw=1.8, label=name)
         left.fill_between(x, mean - half, mean + half, color=color, alpha=0.2)
         d = r.held_out - uniform
         low, high = np.quantile(d, [0.05, 0.95], axis=0)
-        right.plot(x, d.mean(0), color=color, lw=1.8, label=name)
+        right.plot(x, d.mean(0), color=color, ls=style, lw=1.8, label=name)
         right.fill_between(x, low, high, color=color, alpha=0.08)
     left.set_ylabel("held-out accuracy (exact mean p): seed mean, 90% interval")
     right.set_ylabel("minus uniform, same seed: mean and 5-95% of seeds")

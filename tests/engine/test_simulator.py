@@ -6,6 +6,7 @@ import json
 import math
 import sys
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import pytest
@@ -128,3 +129,54 @@ def test_docs_tables_are_the_committed_results(modules):
     assert main["settings"]["held_out"] >= 256
     run = f"{main['seconds_simulation']:.0f} s of simulation and {main['seconds_total']:.0f} s"
     assert f"({main['seeds']:,} seeds, {len(sim.ARMS)} arms: {run} in all" in text
+
+
+@pytest.mark.parametrize("name", ["gvm, pilot as drawn", "knapsack", "gvm, 3 rounds"])
+def test_topup_arms_spend_their_budget_on_top_of_what_the_step_drew(
+    name: str, modules, monkeypatch: pytest.MonkeyPatch
+):
+    """The pilot told as drawn, and every round after the first, go to the engine as top-ups:
+    `drawn` is what each prompt drew so far this step, the plan the additional samples, and the
+    rounds together spend exactly the step's budget."""
+    sim = modules[0]
+    settings = sim.Settings(pool=64, batch=16, held_out=32)
+    arm = next(a for a in sim.ARMS if a.name == name)
+    calls: list[tuple[Any, ...]] = []
+
+    def spy(estimates, budget, params, drawn=None, drawn_accepted=None):
+        plan = allocate(estimates, budget, params, drawn=drawn, drawn_accepted=drawn_accepted)
+        calls.append((budget, params, drawn, drawn_accepted, plan.samples))
+        return plan
+
+    monkeypatch.setattr(sim, "allocate", spy)
+    seeds = 3
+    result = sim.simulate(settings, seeds=seeds, arms=(sim.ARMS[0], arm), block=seeds)[name]
+    assert (result.counted == settings.budget).all()
+    assert (result.generated == settings.budget).all()
+    mine = calls[seeds * settings.steps :]  # uniform's calls first
+    strategy = "knapsack" if name == "knapsack" else "gvm"
+    assert all(params.strategy == strategy for _, params, *_ in mine)
+    pilot = settings.pilot * settings.batch
+    if arm.rounds:  # 2 per prompt, 4 more told the first round, the rest told both
+        budgets = [2 * settings.batch, 4 * settings.batch, settings.budget - 6 * settings.batch]
+        assert len(mine) == 3 * seeds * settings.steps
+        for i in range(len(mine) // 3):  # per step: round 1 of every seed, then round 2, ...
+            step, seed = divmod(i, seeds)
+            first, second, last = mine[3 * seeds * step + seed :: seeds][:3]
+            assert [c[0] for c in (first, second, last)] == budgets
+            assert first[2] is None
+            assert first[3] is None
+            np.testing.assert_array_equal(second[2], first[4])
+            np.testing.assert_array_equal(last[2], first[4] + second[4])
+            for budget, _, drawn, accepted, samples in (first, second, last):
+                assert samples.sum() == budget
+                assert accepted is None or (accepted <= drawn).all()
+    else:  # one top-up of the pilot: 8 per prompt drawn, the rest of the budget added
+        assert len(mine) == seeds * settings.steps
+        for budget, _, drawn, accepted, samples in mine:
+            assert budget == settings.budget - pilot
+            np.testing.assert_array_equal(drawn, np.full(settings.batch, settings.pilot))
+            assert accepted is not None
+            assert (accepted <= drawn).all()
+            assert samples.sum() == budget
+            assert (samples >= 0).all()

@@ -174,6 +174,76 @@ def test_the_regime_benchmark_runs_and_summarises(tmp_path: Path, regime: Module
     assert (tmp_path / "smoke.png").stat().st_size > 0
 
 
+@pytest.mark.slow
+def test_the_learning_rate_probe_runs_uniform_alone_and_keeps_the_best(tmp_path: Path) -> None:
+    subprocess.run(
+        [
+            sys.executable, str(BENCHMARKS / "learning_regime.py"),
+            *("--probe-lr", "1e-5", "3e-4", "--probe-seeds", "5", "--steps", "2"),
+            *("--batch-size", "8", "--train-prompts", "16", "--eval-prompts", "16"),
+            *("--per-prompt", "4", "--jobs", "2", "--out", str(tmp_path), "--name", "probe"),
+        ],
+        cwd=REPO, check=True, timeout=600,
+    )  # fmt: skip
+    result = json.loads((tmp_path / "probe.json").read_text())
+    assert [row["lr"] for row in result["probe"]] == [1e-5, 3e-4]
+    assert {r["arm"] for r in result["runs"]} == {"uniform"}
+    finals = [row["final"] for row in result["probe"]]
+    assert finals[0] != finals[1]  # each run trained at its own rate
+    assert result["chosen_lr"] == result["probe"][finals.index(max(finals))]["lr"]
+
+
+def _fake_result(arms: dict[str, list[float]], seconds: float) -> dict[str, object]:
+    """A results file with two seeds: each arm's held-out curve (two steps) as given, seed 1's
+    a little higher; every run `seconds` long, uniform's too."""
+    runs = [
+        {
+            "arm": arm, "seed": seed, "counted": [0, 8, 16], "generated": 16, "accepted": 4,
+            "held_out": [h + 0.01 * seed for h in curve],
+            "train_seconds": [0, seconds / 2, seconds],
+            "phase_seconds": {"generate": 1.0, "grad_norms": 1.0, "update": 1.0, "other": 0.0},
+            "seconds": seconds, "prompt_steps": 8, "unallocated_prompt_steps": 0,
+        }
+        for seed in (0, 1)
+        for arm, curve in arms.items()
+    ]  # fmt: skip
+    settings = {"arms": list(arms), "seeds": [0, 1], "algo": "raft", "lr": 1e-5, "train_prompts": 8}
+    return {
+        "settings": settings, "arms": {a: {} for a in arms}, "x": [0.0, 8.0, 16.0],
+        "pass_rates_before_training": {"pool": {}, "held_out": {}}, "runs": runs,
+        "seconds_total": 1.0,
+    }  # fmt: skip
+
+
+def test_arms_added_later_are_paired_and_timed_against_their_own_batch(
+    tmp_path: Path, regime: ModuleType
+) -> None:
+    """resummarise adds arms run later on the same seeds only when uniform's curves are the
+    same (the runs are deterministic, so the pairs are too), and times each arm against the
+    uniform runs of its own batch (a later batch on a quieter machine runs faster)."""
+    first = tmp_path / "first.json"
+    first.write_text(json.dumps(_fake_result({"uniform": [0.1, 0.2, 0.3]}, seconds=100.0)))
+    later = _fake_result({"uniform": [0.1, 0.2, 0.3], "knapsack": [0.1, 0.3, 0.35]}, 40.0)
+    (tmp_path / "later.json").write_text(json.dumps(later))
+    assert regime.resummarise(first, tmp_path / "later.json") == 0
+    merged = json.loads(first.read_text())
+    assert merged["settings"]["arms"] == ["uniform", "knapsack"]
+    assert {(r["arm"], r.get("batch", 0)) for r in merged["runs"]} == {
+        ("uniform", 0),
+        ("uniform", 1),
+        ("knapsack", 1),
+    }
+    knapsack = merged["summary"]["arms"]["knapsack"]
+    assert knapsack["samples_ratio"] == pytest.approx(0.5)  # reaches 0.3 (+0.01) at 8 of 16
+    assert knapsack["time_ratio"] == pytest.approx(0.5)  # 20 s of its batch's uniform's 40 s
+    assert merged["summary"]["arms"]["uniform"]["train_seconds"] == 100.0  # batch 0's
+
+    other = _fake_result({"uniform": [0.1, 0.25, 0.3], "gvm": [0.1, 0.2, 0.3]}, 40.0)
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match="uniform's runs differ"):
+        regime.resummarise(first, tmp_path / "other.json")
+
+
 def test_docs_table_is_the_committed_result(regime: ModuleType) -> None:
     from support.readme import DOCS, RESULTS, section
 
