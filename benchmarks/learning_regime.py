@@ -321,6 +321,7 @@ def summarise(
                 k: round(statistics.mean(r["phase_seconds"][k] for r in own), 2)
                 for k in (*PHASES, "other")
             },
+            "uniform_train_seconds": uniform_time,  # its batch's (the same load)
             "generated_per_run": statistics.mean(r["generated"] for r in own),
             "counted_per_run": statistics.mean(r["counted"][-1] for r in own),
             "accept_rate": sum(r["accepted"] for r in own) / sum(r["generated"] for r in own),
@@ -418,9 +419,8 @@ def contrast_table(payload: dict[str, Any], simulated: dict[str, Any] | None = N
     rows = [header, "|---|---|"]
     if simulated:
         rows = [header + " simulator (trainer estimator, m = 0.15) |", "|---|---|---|"]
-    model = {
-        (c["arm"], c["baseline"]): c for c in (simulated or {"summary": {}})["summary"]["contrasts"]
-    }
+    twins = simulated["summary"]["contrasts"] if simulated else []
+    model = {(c["arm"], c["baseline"]): c for c in twins}
 
     def cell(c: dict[str, Any]) -> str:
         return f" {c['share_of_uniform_gain']:+.2f} (p {c['sign_flip_p']:.2g}) |"
@@ -431,6 +431,38 @@ def contrast_table(payload: dict[str, Any], simulated: dict[str, Any] | None = N
             pair = tuple(SIMULATOR_NAMES.get(a, a) for a in (c["arm"], c["baseline"]))
             row += cell(model[pair]) if pair in model else " - |"
         rows.append(row)
+    return "\n".join(rows)
+
+
+def time_table(payload: dict[str, Any]) -> str:
+    """Where each arm's training time goes, per run over the whole pass (seed mean), as a share
+    of the time uniform took in the same batch: generation, the gradient-norm pass, the update,
+    and the rest (scoring, reports, allocations); evaluation excluded."""
+    rows = [
+        "| arm | generation | gradient norms | update | the rest | all | uniform's time |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, e in payload["summary"]["arms"].items():
+        reference = e["uniform_train_seconds"]
+        shares = [e["phase_seconds"][k] / reference for k in (*PHASES, "other")]
+        cells = " | ".join(f"{v:.2f}" for v in (*shares, sum(shares)))
+        rows.append(f"| {name} | {cells} | {reference:.0f} s |")
+    return "\n".join(rows)
+
+
+def probe_table(payload: dict[str, Any]) -> str:
+    """The learning-rate probe (probe_lr): uniform's held-out score per candidate."""
+    seeds = ", ".join(str(s) for s in payload["settings"]["probe_seeds"])
+    rows = [
+        f"| lr | uniform's held-out score: start -> end of the pass (seeds {seeds}) | per seed |",
+        "|---|---|---|",
+    ]
+    for row in payload["probe"]:
+        chosen = " (chosen)" if row["lr"] == payload["chosen_lr"] else ""
+        per_seed = ", ".join(f"{v:.4f}" for v in row["per_seed_final"])
+        rows.append(
+            f"| {row['lr']:g}{chosen} | {row['initial']:.4f} -> {row['final']:.4f} | {per_seed} |"
+        )
     return "\n".join(rows)
 
 
@@ -511,6 +543,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     plot(payload, path.with_suffix(".png"))
     print(pass_rate_table(payload))
     print(docs_table(payload))
+    print(time_table(payload))
     print(f"wrote {path} and {path.with_suffix('.png')} in {payload['seconds_total']:.0f} s")
     return 0
 
@@ -567,8 +600,7 @@ def probe_lr(args: argparse.Namespace) -> int:
         "machine": machine(),
     }
     path = _write(args.out, args.name, payload)
-    for row in table:
-        print(f"lr {row['lr']:g}: uniform held-out {row['initial']:.4f} -> {row['final']:.4f}")
+    print(probe_table(payload))
     print(f"chosen lr {chosen:g}; wrote {path}")
     return 0
 
@@ -609,6 +641,7 @@ def resummarise(path: Path, *more: Path) -> int:
     plot(payload, path.with_suffix(".png"))
     print(pass_rate_table(payload))
     print(docs_table(payload))
+    print(time_table(payload))
     return 0
 
 
