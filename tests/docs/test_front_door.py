@@ -70,17 +70,18 @@ def expected() -> dict[str, list[str]]:
             verdict(all(load["targets_met"].values())),
         ],
         "allocation speed, 10^6 prompts": [
-            f"{targets['gvm_ms_1e6_wall']['value']:.0f} ms, "
-            f"{targets['gvm_speedup_1e6_paired']['value']:.1f}x; "
             f"{targets['gvm_paper_speedup_1e6_paired']['value']:.1f}x, identical",
             verdict(
                 all(row["identical_integers"] for row in speed["rows"])
-                and targets["gvm_ms_1e6_wall"]["met"]
-                and targets["gvm_speedup_1e6_paired"]["met"]
                 and targets["gvm_paper_speedup_1e6_paired"]["met"]
             ),
         ],
         "allocation speed, 10^6 prompts (2)": [
+            f"{targets['gvm_ms_1e6_wall']['value']:.0f} ms, "
+            f"{targets['gvm_speedup_1e6_paired']['value']:.1f}x",
+            verdict(targets["gvm_ms_1e6_wall"]["met"] and targets["gvm_speedup_1e6_paired"]["met"]),
+        ],
+        "allocation speed, 10^6 prompts (3)": [
             f"{targets['gvm_drawn_ms_1e6_wall']['value']:.0f} ms",
             verdict(targets["gvm_drawn_ms_1e6_wall"]["met"]),
         ],
@@ -124,7 +125,7 @@ def expected() -> dict[str, list[str]]:
             "learning_regime_grpo"
         ),
         "learning in one pass over 1,024 prompts, pilot counted, 10 seeds (3)": regime_row(
-            "learning_regime_lr"
+            "learning_regime_lr", replication="learning_regime_lr_replication"
         ),
         "soak, 16 trainers, 10 minutes": [
             f"exact over {soak['requests_total']:,} requests",
@@ -159,9 +160,10 @@ def expected() -> dict[str, list[str]]:
     }
 
 
-def regime_row(name: str) -> list[str]:
+def regime_row(name: str, replication: str | None = None) -> list[str]:
     """A setting of the learning regime: the best arm that pays for its pilot (or that none
-    reaches uniform's final held-out score), gvm-paper, and the paper's accounting."""
+    reaches uniform's final held-out score), gvm-paper, and the paper's accounting; with
+    `replication`, the best arm again on fresh seeds (the verdict needs both)."""
     arms = results(name)["summary"]["arms"]
     counted = {n: a for n, a in arms.items() if n not in ("uniform", "gvm-paper, pilot free")}
     best = min(counted, key=lambda n: (counted[n]["samples_ratio"] or math.inf, _upper(counted[n])))
@@ -170,10 +172,15 @@ def regime_row(name: str) -> list[str]:
     else:
         head = f"best {best} {ratio(counted[best])}"
     free = ratio(arms["gvm-paper, pilot free"])
-    return [
-        f"{head}; gvm-paper {ratio(arms['gvm-paper'])}; pilot free (the paper's accounting) {free}",
-        verdict(_upper(counted[best]) <= 0.7),
-    ]
+    text = (
+        f"{head}; gvm-paper {ratio(arms['gvm-paper'])}; pilot free (the paper's accounting) {free}"
+    )
+    met = _upper(counted[best]) <= 0.7
+    if replication:
+        again = results(replication)["summary"]["arms"][best]
+        text += f"; {best} on 10 fresh seeds {ratio(again)}"
+        met = met and _upper(again) <= 0.7
+    return [text, verdict(met)]
 
 
 def _upper(arm: dict[str, Any]) -> float:
