@@ -16,6 +16,13 @@ total; generation, gradient-norm pass, update and the rest, evaluation excluded)
 
     OMP_NUM_THREADS=1 nice -n 5 python benchmarks/learning_regime.py --seeds $(seq 0 9) --jobs 2
     python benchmarks/learning_regime.py --seeds 0 --arms uniform --steps 2 --out /tmp/x  # smoke
+    python benchmarks/learning_regime.py --probe-lr 1e-5 3e-5 --name lr_probe  # pick --lr
+    python benchmarks/learning_regime.py --resummarise FILE MORE...  # add seeds, or later arms
+
+Arms added later run with uniform beside them on the same seeds (`--resummarise` checks that
+uniform's curves are the same, and times each arm against its own batch's uniform). The
+learning rate, when not the default, is chosen by `--probe-lr` on uniform alone, on seeds the
+benchmark does not use.
 
 Writes benchmarks/results/<name>.json and <name>.png.
 """
